@@ -1,0 +1,1 @@
+"""shopscore exporters: Keras to ONNX conversion, parity checks and model manifests."""

@@ -1,0 +1,5 @@
+"""``python -m stream`` is ``shopscore``."""
+
+from stream.cli import main
+
+main()

@@ -1,0 +1,401 @@
+"""The Faust app factory: topics, the users table, the ingest agent and the HTTP views.
+
+Nothing here is module-level state: ``create_app(settings)`` builds a fresh app, so a worker
+process, a test, or a benchmark each get their own. Agents are thin loops around
+``stream.ingest``; the logic they run is pure and tested without a broker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import weakref
+from collections import defaultdict, deque
+from collections.abc import Iterator
+from typing import Any
+
+import faust
+import orjson
+from aiokafka.partitioner import murmur2
+from faust.sensors.prometheus import setup_prometheus_sensors
+from faust.serializers import codecs
+from faust.streams import _current_event
+from faust.types import TP, EventT
+
+from stream.errors import ConfigError
+from stream.events import INPUT_TOPICS, TOPIC_OF_KIND
+from stream.features import UserState, decode_state, describe, encode_state
+from stream.ingest import BatchResult, RawMessage, apply_clean, clean_message
+from stream.kafka_compat import install as install_kafka_compat
+from stream.metrics import Metrics
+from stream.ordering import EventTimeAligner
+from stream.settings import Settings
+from stream.topics import CLOCK, DLQ
+
+__all__ = ["ShopscoreApp", "create_app"]
+
+log = logging.getLogger("shopscore")
+
+
+class _UserStateCodec(codecs.Codec):
+    """Changelog (de)serialization of ``UserState`` with the core's compact orjson form."""
+
+    def _dumps(self, obj: Any) -> bytes:
+        return encode_state(obj)
+
+    def _loads(self, s: bytes) -> Any:
+        return decode_state(s)
+
+
+codecs.register("shopscore_state", _UserStateCodec())
+
+
+@contextlib.contextmanager
+def _acting_as(event: EventT) -> Iterator[None]:
+    """Make ``event`` Faust's current event while writing a table key.
+
+    Faust picks the changelog partition (and the RocksDB partition store) from the current
+    event. In a micro-batch the current event is the batch's last, which may be of another
+    partition, so each user's write is attributed to that user's own last message.
+    """
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+class ShopscoreApp:
+    """A configured Faust app plus the handles tests and the CLI need (tables, metrics)."""
+
+    def __init__(self, settings: Settings) -> None:
+        if not settings.broker:
+            raise ConfigError(
+                "the worker needs a broker: set SHOPSCORE_BROKER or pass --broker "
+                "(`shopscore run` starts an embedded one)"
+            )
+        if settings.store == "rocksdb://":
+            try:
+                import rocksdict  # noqa: F401
+            except ImportError:
+                raise ConfigError(
+                    "SHOPSCORE_STORE=rocksdb:// needs the rocksdict package: "
+                    "pip install 'shopscore[rocksdb]'"
+                ) from None
+        self.settings = settings
+        install_kafka_compat()
+        self.features = settings.feature_config()
+        self.metrics = Metrics()
+        self.started_monotonic = time.monotonic()
+        self.app = faust.App(
+            settings.app_id,
+            broker=settings.broker,
+            store=settings.store,
+            datadir=str(settings.data_dir),
+            web_bind=settings.web_host,
+            web_host=settings.web_host,
+            web_port=settings.web_port,
+            topic_partitions=settings.partitions,
+            topic_allow_declare=True,
+            broker_rebalance_timeout=settings.rebalance_timeout_ms / 1000,
+            broker_session_timeout=settings.session_timeout_ms / 1000,
+            broker_heartbeat_interval=min(1.0, settings.session_timeout_ms / 3000),
+            consumer_auto_offset_reset="earliest",
+            processing_guarantee="at_least_once",
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+        setup_prometheus_sensors(
+            self.app,
+            pattern="/metrics",
+            registry=self.metrics.registry,
+            name_prefix="shopscore_faust",
+        )
+        self.inputs = self.app.topic(*(settings.topic(t) for t in INPUT_TOPICS))
+        self.input_topics = {
+            settings.topic(t): self.app.topic(settings.topic(t)) for t in INPUT_TOPICS
+        }
+        self.dlq = self.app.topic(settings.topic(DLQ))
+        # Faust derives a table's codecs from Record key/value types, else JSON. The state is a
+        # plain class of the Faust-free core, so the changelog topic is declared here with the
+        # state codec, and the table is told to write with it too.
+        changelog = self.app.topic(
+            f"{settings.app_id}-users-changelog",
+            key_type=bytes,
+            key_serializer="raw",
+            value_serializer="shopscore_state",
+            partitions=settings.partitions,
+            compacting=True,
+            deleting=False,
+            acks=False,
+            internal=True,
+        )
+        self.users = self.app.Table(
+            "users",
+            partitions=settings.partitions,
+            key_type=bytes,
+            changelog_topic=changelog,
+            help="Per-user state (features), keyed by the user_id's UTF-8 bytes.",
+        )
+        self.users.value_serializer = "shopscore_state"
+        self._contract_name = {settings.topic(t): t for t in INPUT_TOPICS}
+        self.clock_topic = self.app.topic(settings.topic(CLOCK))
+        self.clock = self.app.Table(
+            "clock",
+            partitions=settings.partitions,
+            key_type=bytes,
+            value_type=int,
+            help="Latest event time announced on each clock partition (design notes, Clock).",
+        )
+        self.first_event_monotonic: float | None = None
+        self.aligner: EventTimeAligner[Any] = EventTimeAligner(
+            INPUT_TOPICS, max_hold_s=settings.align_max_hold_ms / 1000
+        )
+        self._last_offset: dict[TP, int] = {}
+        self._ack_queues: defaultdict[TP, deque[EventT]] = defaultdict(deque)
+        self._done: set[int] = set()
+        self._stream: faust.StreamT | None = None
+        self._register_agents()
+        self._register_views()
+        self._register_timers()
+
+    # -- agents -----------------------------------------------------------------------------
+
+    def _owns(self, user_id: str, partition: int) -> bool:
+        """Whether Kafka's default partitioner puts ``user_id`` on ``partition`` (murmur2)."""
+        return (murmur2(user_id.encode()) & 0x7FFFFFFF) % self.settings.partitions == partition
+
+    def _caught_up(self, topic: str, partition: int) -> bool | None:
+        """Whether this worker has read everything currently in ``topic``'s ``partition``."""
+        tp = TP(self.settings.topic(topic), partition)
+        try:
+            highwater = self.app.consumer.highwater(tp)
+        except Exception:  # not assigned / consumer restarting
+            return None
+        if highwater is None or highwater < 0:
+            return None
+        last = self._last_offset.get(tp)
+        if last is not None:
+            return last + 1 >= highwater
+        try:  # nothing read since start: compare the consumer's fetch position
+            aiokafka_consumer = self.app.consumer._thread._ensure_consumer()  # type: ignore[attr-defined]
+            state = aiokafka_consumer._subscription.subscription.assignment.state_value(tp)
+            position = state.position if state is not None else None
+        except Exception:
+            return None
+        return None if position is None else position >= highwater
+
+    async def _apply_released(
+        self, result: BatchResult, now_ms: int, *, drain: bool = False
+    ) -> None:
+        """Apply the events the aligner releases, write states, publish, count, then ack."""
+        metrics = self.metrics
+        items = (
+            self.aligner.drain()
+            if drain
+            else self.aligner.release(self._caught_up, time.monotonic())
+        )
+        apply_clean(
+            items,
+            lambda user_id: self.users.get(user_id.encode()),
+            result,
+            features=self.features,
+            now_ms=now_ms,
+        )
+        for user_id, event in result.touched.items():
+            with _acting_as(event):
+                self.users[user_id.encode()] = result.states[user_id]
+        for key, record in result.dead_letters:
+            self.dlq.send_soon(key=key, value=orjson.dumps(record))
+        if result.dead_letters:
+            metrics.produced.labels(DLQ).inc(len(result.dead_letters))
+        for event, user_id in result.misrouted:
+            msg = event.message
+            self.input_topics[msg.topic].send_soon(key=user_id.encode(), value=msg.value)
+            metrics.misrouted.labels(self._contract_name[msg.topic]).inc()
+        for topic, n in result.consumed.items():
+            metrics.consumed.labels(topic).inc(n)
+        for (topic, reason), n in result.rejected.items():
+            metrics.rejected.labels(topic, reason).inc(n)
+        for topic, n in result.duplicates.items():
+            metrics.duplicates.labels(topic).inc(n)
+        applied: dict[str, int] = {}
+        for event in result.applied:
+            applied[event.kind] = applied.get(event.kind, 0) + 1
+        for kind, n in applied.items():
+            metrics.applied.labels(TOPIC_OF_KIND[kind]).inc(n)
+        metrics.held.set(len(self.aligner))
+        for event, _msg, _clean in items:
+            self._done.add(id(event))
+        await self._flush_acks()
+
+    async def _flush_acks(self) -> None:
+        """Ack each partition's messages in offset order, up to the first one still held.
+
+        Faust commits the highest contiguous acked offset, but it does not see a gap at the
+        head of a partition's acked offsets (none is checked before the first commit, and a
+        single missing offset is missed later), so acking a held message's successors first
+        could commit past it. Acking in order keeps every held message uncommitted.
+        """
+        if self._stream is None:
+            return
+        for queue in self._ack_queues.values():
+            while queue and id(queue[0]) in self._done:
+                event = queue.popleft()
+                self._done.discard(id(event))
+                await self._stream.ack(event)
+
+    def _register_agents(self) -> None:
+        settings = self.settings
+        metrics = self.metrics
+        contract = self._contract_name
+
+        async def ingest(stream: faust.StreamT) -> None:
+            self._stream = stream
+            async for events in stream.take_events(settings.batch_size, settings.batch_within_s):
+                started = time.perf_counter()
+                if self.first_event_monotonic is None:
+                    self.first_event_monotonic = time.monotonic()
+                    log.info(
+                        "first event processed %.2fs after start",
+                        self.first_event_monotonic - self.started_monotonic,
+                    )
+                now_ms = int(time.time() * 1000)
+                wall = time.monotonic()
+                result = BatchResult()
+                for event in events:
+                    message = event.message
+                    # Every message is acked by us, in offset order (``_flush_acks``); this
+                    # reference outlives take_events' own ack of the batch.
+                    message.incref()
+                    self._ack_queues[message.tp].append(event)
+                    msg = RawMessage(
+                        contract[message.topic],
+                        message.partition,
+                        message.offset,
+                        message.key,
+                        message.value,
+                    )
+                    self._last_offset[message.tp] = message.offset
+                    clean = clean_message(
+                        msg, event, result, now_ms=now_ms, limits=settings.limits, owns=self._owns
+                    )
+                    if clean is None:
+                        self._done.add(id(event))  # dead-lettered or re-keyed: nothing to hold
+                    else:
+                        self.aligner.push(
+                            msg.topic,
+                            msg.partition,
+                            ts=clean.ts,
+                            item=(event, msg, clean),
+                            now=wall,
+                        )
+                await self._apply_released(result, now_ms)
+                metrics.batch_size.observe(len(events))
+                metrics.batch_seconds.observe(time.perf_counter() - started)
+
+        self.app.agent(self.inputs, name="shopscore.ingest")(ingest)
+
+        async def advance_clock(stream: faust.StreamT) -> None:
+            async for event in stream.events():
+                try:
+                    ts = int(orjson.loads(event.message.value)["ts"])
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.warning("ignoring malformed clock message %r: %s", event.message.value, exc)
+                    continue
+                key = str(event.message.partition).encode()
+                if ts > self.clock.get(key, 0):
+                    self.clock[key] = ts
+
+        self.app.agent(self.clock_topic, name="shopscore.clock")(advance_clock)
+
+    def clock_ms(self) -> int | None:
+        """The event time announced by the clock topic on this worker's partitions, if any."""
+        return max(self.clock.values(), default=None)
+
+    # -- timers -----------------------------------------------------------------------------
+
+    def _register_timers(self) -> None:
+        metrics = self.metrics
+
+        async def release_held() -> None:
+            # Events held for alignment are released even when no new batch arrives.
+            if len(self.aligner) and self._stream is not None:
+                await self._apply_released(BatchResult(), int(time.time() * 1000))
+
+        self.app.timer(0.2, name="shopscore.release_held")(release_held)
+
+        @self.app.on_partitions_revoked.connect
+        async def forget_revoked(app: Any, revoked: set[TP], **kwargs: Any) -> None:
+            # Held events of revoked partitions are not applied here: they are uncommitted,
+            # so their new owner reads them again.
+            dropped = self.aligner.forget_partitions({tp.partition for tp in revoked})
+            for tp in revoked:
+                for event in self._ack_queues.pop(tp, ()):
+                    self._done.discard(id(event))
+            if dropped:
+                log.info("revoked partitions: %d held events left to their new owner", len(dropped))
+
+        async def refresh_gauges() -> None:
+            metrics.users.set(len(self.users))
+            monitor = self.app.monitor
+            ends = getattr(monitor, "tp_end_offsets", None) or {}
+            reads = getattr(monitor, "tp_read_offsets", None) or {}
+            committed = getattr(monitor, "tp_committed_offsets", None) or {}
+            for tp in self.app.consumer.assignment():
+                name = self._contract_name.get(tp.topic)
+                if name is None or tp not in ends:
+                    continue
+                # After a restart nothing may be read yet: the committed offset is the position.
+                position = max(reads.get(tp, -1) + 1, committed.get(tp, 0))
+                metrics.lag.labels(name, str(tp.partition)).set(max(0, ends[tp] - position))
+
+        self.app.timer(1.0, name="shopscore.refresh_gauges")(refresh_gauges)
+
+    # -- web --------------------------------------------------------------------------------
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        """Ready = the consumer has an assignment and every table has finished recovery."""
+        app = self.app
+        recovery = app.tables.recovery if app.tables else None
+        recovered = bool(recovery and recovery.completed.is_set())
+        try:
+            assigned = len(app.consumer.assignment())
+        except Exception:  # consumer not started yet
+            assigned = 0
+        detail = {
+            "assigned_partitions": assigned,
+            "rebalancing": bool(app.rebalancing),
+            "tables_recovered": recovered,
+            "first_event_s": (
+                round(self.first_event_monotonic - self.started_monotonic, 3)
+                if self.first_event_monotonic
+                else None
+            ),
+        }
+        return (assigned > 0 and recovered and not app.rebalancing), detail
+
+    def _register_views(self) -> None:
+        app = self.app
+        users = self.users
+
+        @app.page("/health")
+        async def health(web: Any, request: Any) -> Any:
+            ok, detail = self.ready()
+            detail["status"] = "ready" if ok else "starting"
+            return web.json(detail, status=200 if ok else 503)
+
+        @app.page("/users/{user_id}")
+        @app.table_route(table=users, match_info="user_id")
+        async def user_view(web: Any, request: Any, user_id: str) -> Any:
+            state: UserState | None = users.get(user_id.encode())
+            if state is None:
+                return web.json({"error": "unknown user", "user_id": user_id}, status=404)
+            body = describe(state, self.clock_ms(), self.features)
+            return web.json({"user_id": user_id, **body, "scores": {}})
+
+
+def create_app(settings: Settings) -> ShopscoreApp:
+    """Build a worker's Faust app from ``settings``."""
+    return ShopscoreApp(settings)

@@ -1,0 +1,35 @@
+"""One root exception and one class per failure domain, so callers can catch what they handle."""
+
+from __future__ import annotations
+
+__all__ = [
+    "BrokerError",
+    "ConfigError",
+    "Rejected",
+    "ShopscoreError",
+]
+
+
+class ShopscoreError(Exception):
+    """Root of every error shopscore raises on purpose."""
+
+
+class ConfigError(ShopscoreError):
+    """A setting is missing or malformed; the message says which and how to fix it."""
+
+
+class BrokerError(ShopscoreError):
+    """The Kafka broker cannot be started or reached."""
+
+
+class Rejected(ShopscoreError):
+    """An input event is refused; it goes to the dead-letter topic with ``reason``.
+
+    This is the explicit skip signal: the worker never drops an event silently, it raises
+    this, counts it under ``reason`` and writes the raw payload to ``events.dlq``.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail

@@ -1,0 +1,84 @@
+"""Working around a Kafka-protocol broker that answers ListOffsets(latest) short of the true end.
+
+The embedded Tansu broker reports a partition's end offset as the base offset of its last
+record batch plus one; with batched produce (every Faust changelog) that is short of the real
+end. Faust reads a table's changelog up to that reported end when it recovers, so state written
+in the last batch would be silently lost on restart. A fetch response's high watermark is right
+on every broker, so the end offsets Faust asks for are corrected with one fetch. On Apache
+Kafka the two agree and the correction changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+__all__ = ["install", "true_end_offsets"]
+
+
+async def true_end_offsets(
+    consumer: AIOKafkaConsumer, partitions: Iterable[TopicPartition], timeout: float = 5.0
+) -> dict[TopicPartition, int]:
+    """End offsets that agree with fetch high watermarks (see module docstring).
+
+    The probing consumer runs on its own event loop in a helper thread: inside Faust's consumer
+    thread a second client on the same loop stalls recovery.
+    """
+    tps = list(partitions)
+    listed = await consumer.end_offsets(tps)
+    if not any(listed.values()):
+        return dict(listed)
+    servers = consumer._client._bootstrap_servers
+    return await asyncio.get_running_loop().run_in_executor(
+        None, lambda: asyncio.run(_probe(servers, dict(listed), timeout))
+    )
+
+
+async def _probe(
+    servers: str, listed: dict[TopicPartition, int], timeout: float
+) -> dict[TopicPartition, int]:
+    nonempty = [tp for tp, end in listed.items() if end > 0]
+    probe = AIOKafkaConsumer(
+        bootstrap_servers=servers,
+        client_id="shopscore-end-offsets",
+        group_id=None,
+        enable_auto_commit=False,
+    )
+    await probe.start()
+    try:
+        probe.assign(nonempty)
+        for tp in nonempty:
+            probe.seek(tp, listed[tp] - 1)
+        corrected = dict(listed)
+        pending = set(nonempty)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while pending and asyncio.get_running_loop().time() < deadline:
+            await probe.getmany(*pending, timeout_ms=200, max_records=1)
+            for tp in list(pending):
+                highwater = probe.highwater(tp)
+                if highwater is not None:
+                    corrected[tp] = max(listed[tp], highwater)
+                    pending.discard(tp)
+        return corrected
+    finally:
+        await probe.stop()
+
+
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    async def _highwaters(self, partitions: list[TopicPartition]) -> Mapping[TopicPartition, int]:
+        if self.consumer.in_transaction:
+            return await super()._highwaters(partitions)
+        return await true_end_offsets(self._ensure_consumer(), partitions)
+
+
+class _Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+def install() -> None:
+    """Make Faust's Kafka transport use the corrected end offsets (idempotent)."""
+    faust_aiokafka.Transport.Consumer = _Consumer

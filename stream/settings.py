@@ -1,0 +1,239 @@
+"""The one settings object: built once from ``SHOPSCORE_*`` variables and CLI flags, then passed down.
+
+This is the only module that reads the environment. Every other piece of shopscore receives a
+``Settings`` instance, so a test can build one per case and nothing depends on ambient state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stream.errors import ConfigError
+from stream.features.profile import ProfileConfig
+from stream.features.state import FeatureConfig
+
+__all__ = ["ENV_PREFIX", "Limits", "Settings", "parse_duration_ms"]
+
+ENV_PREFIX = "SHOPSCORE_"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, None: 1000}
+
+
+def parse_duration_ms(text: str | float | int) -> int:
+    """Parse ``"250ms"``, ``"30s"``, ``"5m"``, ``"1h"``, ``"7d"`` or plain seconds into milliseconds.
+
+    >>> parse_duration_ms("1h"), parse_duration_ms("90"), parse_duration_ms("250ms")
+    (3600000, 90000, 250)
+    """
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return int(float(text) * 1000)
+    match = _DURATION.match(str(text))
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 250ms, 30s, 5m, 1h, 7d)")
+    return int(float(match.group(1)) * _UNIT_MS[match.group(2)])
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds beyond which a value is absurd rather than merely large; see README, "Cleaning rules"."""
+
+    max_price: float = 100_000.0
+    max_quantity: int = 1_000
+    max_items: int = 200
+    max_string: int = 256
+    max_payload_bytes: int = 65_536
+    max_future_ms: int = 86_400_000
+    min_ts_ms: int = 946_684_800_000  # 2000-01-01T00:00:00Z: older timestamps are corrupt
+
+
+# (field name, env suffix, parser); the env name is SHOPSCORE_<suffix>.
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _store(text: str) -> str:
+    # Faust's "rocksdb://" store runs on the rocksdict package when python-rocksdb is absent.
+    aliases = {"memory": "memory://", "rocksdb": "rocksdb://", "rocksdict": "rocksdb://"}
+    value = aliases.get(text, text)
+    value = "rocksdb://" if value == "rocksdict://" else value
+    if value not in ("memory://", "rocksdb://"):
+        raise ValueError("must be memory:// or rocksdb:// (RocksDB through rocksdict)")
+    return value
+
+
+def _broker(text: str) -> str | None:
+    text = text.strip()
+    if not text:
+        return None
+    urls = [u.strip() for u in text.split(";") if u.strip()]
+    for url in urls:
+        if not re.match(r"^(kafka|aiokafka)://[^/:]+:\d+$", url) and not re.match(
+            r"^[^/:]+:\d+$", url
+        ):
+            raise ValueError("must look like kafka://host:port (several separated by ';')")
+    return ";".join(u if "://" in u else f"kafka://{u}" for u in urls)
+
+
+def _level(text: str) -> str:
+    value = text.lower()
+    if value not in ("debug", "info", "warn", "warning", "error", "crit"):
+        raise ValueError("must be one of debug, info, warning, error")
+    return "warn" if value == "warning" else value
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if value != value or value < 0:
+        raise ValueError("must be a non-negative number")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a shopscore process needs to know; field docs are in the README's table.
+
+    Times are milliseconds, except ``batch_within_s`` which Faust takes in seconds.
+    """
+
+    broker: str | None = None
+    app_id: str = "shopscore"
+    topic_prefix: str = ""
+    partitions: int = 4
+    store: str = "memory://"
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    data_dir: Path = Path(".shopscore")
+    log_level: str = "info"
+    rebalance_timeout_ms: int = 3_000
+    session_timeout_ms: int = 4_000
+    batch_size: int = 500
+    batch_within_s: float = 0.01
+    dedup_horizon_ms: int = 86_400_000
+    dedup_max_ids: int = 256
+    allowed_lateness_ms: int = 3_600_000
+    session_gap_ms: int = 1_800_000
+    align_max_hold_ms: int = 10_000
+    limits: Limits = field(default_factory=Limits)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read ``SHOPSCORE_*`` from ``environ`` (default: the process environment), then apply
+        the CLI's ``overrides`` (``None`` values mean "flag not given").
+
+        A malformed value raises :class:`ConfigError` naming the variable and the accepted form.
+        """
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        limit_values: dict[str, Any] = {}
+        for name, (suffix, parse) in _SETTINGS_ENV.items():
+            raw = environ.get(ENV_PREFIX + suffix)
+            if raw is None:
+                continue
+            values[name] = _parse(ENV_PREFIX + suffix, raw, parse)
+        for name, (suffix, parse) in _LIMITS_ENV.items():
+            raw = environ.get(ENV_PREFIX + suffix)
+            if raw is not None:
+                limit_values[name] = _parse(ENV_PREFIX + suffix, raw, parse)
+        for name, value in overrides.items():
+            if value is None:
+                continue
+            if name not in _SETTINGS_ENV:
+                raise ConfigError(f"unknown setting {name!r}")
+            suffix, parse = _SETTINGS_ENV[name]
+            values[name] = (
+                _parse(f"--{name.replace('_', '-')}", str(value), parse)
+                if isinstance(value, str)
+                else value
+            )
+        if limit_values:
+            values["limits"] = Limits(**limit_values)
+        return cls(**values)
+
+    def topic(self, name: str) -> str:
+        """The physical name of a contract topic (``clicks``, ``scores.churn``...)."""
+        return f"{self.topic_prefix}{name}"
+
+    def feature_config(self) -> FeatureConfig:
+        """The feature core's knobs, as the worker and offline training must share them."""
+        return FeatureConfig(
+            allowed_lateness_ms=self.allowed_lateness_ms,
+            dedup_horizon_ms=self.dedup_horizon_ms,
+            dedup_max_ids=self.dedup_max_ids,
+            profile=ProfileConfig(session_gap_ms=self.session_gap_ms),
+        )
+
+    def with_broker(self, broker: str) -> Settings:
+        return dataclasses.replace(self, broker=broker)
+
+    def bootstrap_servers(self) -> str:
+        """aiokafka's ``host:port,host:port`` form of :attr:`broker`."""
+        if not self.broker:
+            raise ConfigError(
+                "no broker configured: set SHOPSCORE_BROKER=kafka://host:port, pass --broker, "
+                "or use `shopscore run` which starts an embedded broker"
+            )
+        return ",".join(u.split("://", 1)[-1] for u in self.broker.split(";"))
+
+    def env(self) -> dict[str, str]:
+        """These settings as ``SHOPSCORE_*`` variables, for a child process (the worker of ``run``)."""
+        out: dict[str, str] = {}
+        for name, (suffix, parse) in _SETTINGS_ENV.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if parse is parse_duration_ms:
+                value = f"{value}ms"
+            out[ENV_PREFIX + suffix] = str(value)
+        for name, (suffix, parse) in _LIMITS_ENV.items():
+            value = getattr(self.limits, name)
+            out[ENV_PREFIX + suffix] = f"{value}ms" if parse is parse_duration_ms else str(value)
+        return out
+
+
+def _parse(source: str, raw: str, parse: Any) -> Any:
+    try:
+        return parse(raw)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{source}={raw!r} is invalid: {exc}") from None
+
+
+_SETTINGS_ENV: dict[str, tuple[str, Any]] = {
+    "broker": ("BROKER", _broker),
+    "app_id": ("APP_ID", str),
+    "topic_prefix": ("TOPIC_PREFIX", str),
+    "partitions": ("PARTITIONS", _positive_int),
+    "store": ("STORE", _store),
+    "web_host": ("WEB_HOST", str),
+    "web_port": ("WEB_PORT", _positive_int),
+    "data_dir": ("DATA_DIR", Path),
+    "log_level": ("LOG_LEVEL", _level),
+    "rebalance_timeout_ms": ("REBALANCE_TIMEOUT", parse_duration_ms),
+    "session_timeout_ms": ("SESSION_TIMEOUT", parse_duration_ms),
+    "batch_size": ("BATCH_SIZE", _positive_int),
+    "batch_within_s": ("BATCH_WITHIN", lambda t: parse_duration_ms(t) / 1000),
+    "dedup_horizon_ms": ("DEDUP_HORIZON", parse_duration_ms),
+    "dedup_max_ids": ("DEDUP_MAX_IDS", _positive_int),
+    "allowed_lateness_ms": ("ALLOWED_LATENESS", parse_duration_ms),
+    "session_gap_ms": ("SESSION_GAP", parse_duration_ms),
+    "align_max_hold_ms": ("ALIGN_MAX_HOLD", parse_duration_ms),
+}
+
+_LIMITS_ENV: dict[str, tuple[str, Any]] = {
+    "max_price": ("MAX_PRICE", _float),
+    "max_quantity": ("MAX_QUANTITY", _positive_int),
+    "max_items": ("MAX_ITEMS", _positive_int),
+    "max_string": ("MAX_STRING", _positive_int),
+    "max_payload_bytes": ("MAX_PAYLOAD_BYTES", _positive_int),
+    "max_future_ms": ("MAX_FUTURE", parse_duration_ms),
+    "min_ts_ms": ("MIN_TS", int),
+}
