@@ -9,6 +9,13 @@ to deliver. A topic that is caught up does not hold others back, and neither doe
 delivered nothing for ``max_hold_s`` of wall time: a stalled partition delays, never blocks,
 the others. A topic that is merely slow (a backlog being read) keeps holding them.
 
+A topic counts as caught up only from a fetch that is at least as recent as the one that
+brought the event being released. A high watermark is a snapshot: when a replay squeezes days
+into seconds, a partition's watermark from one fetch ago may be hours of event time stale, and
+trusting it would release an ``orders`` event ahead of ``clicks`` that were already on the
+broker. Within one fetch response every partition's watermark is as fresh as its records, so
+in real time this costs nothing; ``fresh_wait_s`` bounds the wait when it is not.
+
 In real time every topic is caught up and events pass straight through.
 """
 
@@ -23,9 +30,10 @@ __all__ = ["EventTimeAligner"]
 
 T = TypeVar("T")
 
-#: ``caught_up(topic, partition)``: True (nothing more to read now), False (more to read),
-#: None (not known yet).
-CaughtUp = Callable[[str, int], "bool | None"]
+#: ``caught_up(topic, partition)``: False (more to read), None (not known yet), True (nothing
+#: more to read now), or the time (ms) of the fetch that showed nothing more to read, which
+#: only vouches for events fetched no later than that.
+CaughtUp = Callable[[str, int], "bool | float | None"]
 
 
 class EventTimeAligner(Generic[T]):
@@ -42,10 +50,14 @@ class EventTimeAligner(Generic[T]):
     ['o@50', 'c@60']
     """
 
-    def __init__(self, topics: Sequence[str], max_hold_s: float = 1.0) -> None:
+    def __init__(
+        self, topics: Sequence[str], max_hold_s: float = 1.0, fresh_wait_s: float = 2.0
+    ) -> None:
         self.topics = tuple(topics)
         self.max_hold_s = max_hold_s
-        self._heaps: dict[int, list[tuple[int, int, float, T]]] = {}
+        self.fresh_wait_s = fresh_wait_s
+        # partition -> heap of (ts, seq, pushed at, fetched at (ms), item)
+        self._heaps: dict[int, list[tuple[int, int, float, float, T]]] = {}
         self._head: dict[tuple[str, int], int] = {}
         self._last_push: dict[tuple[str, int], float] = {}
         self._seq = itertools.count()
@@ -53,8 +65,19 @@ class EventTimeAligner(Generic[T]):
     def __len__(self) -> int:
         return sum(len(h) for h in self._heaps.values())
 
-    def push(self, topic: str, partition: int, *, ts: int, item: T, now: float) -> None:
-        heapq.heappush(self._heaps.setdefault(partition, []), (ts, next(self._seq), now, item))
+    def push(
+        self,
+        topic: str,
+        partition: int,
+        *,
+        ts: int,
+        item: T,
+        now: float,
+        fetched_ms: float = float("-inf"),
+    ) -> None:
+        """Hold ``item``; ``fetched_ms`` is when the fetch that brought it returned (or later)."""
+        entry = (ts, next(self._seq), now, fetched_ms, item)
+        heapq.heappush(self._heaps.setdefault(partition, []), entry)
         key = (topic, partition)
         if ts > self._head.get(key, ts - 1):
             self._head[key] = ts
@@ -66,9 +89,13 @@ class EventTimeAligner(Generic[T]):
         for partition, heap in self._heaps.items():
             if not heap:
                 continue
-            watermark = self._watermark(partition, caught_up, now)
+            watermark, fresh_ms = self._watermark(partition, caught_up, now)
+            impatient = now - self.fresh_wait_s
             while heap and heap[0][0] <= watermark:
-                out.append(heapq.heappop(heap)[3])
+                _ts, _seq, pushed, fetched_ms, _item = heap[0]
+                if fetched_ms > fresh_ms and pushed > impatient:
+                    break  # a caught-up topic's watermark is older than this event's fetch
+                out.append(heapq.heappop(heap)[4])
         return out
 
     def drain(self) -> list[T]:
@@ -76,7 +103,7 @@ class EventTimeAligner(Generic[T]):
         out: list[T] = []
         for heap in self._heaps.values():
             while heap:
-                out.append(heapq.heappop(heap)[3])
+                out.append(heapq.heappop(heap)[4])
         return out
 
     def forget_partitions(self, partitions: set[int]) -> list[T]:
@@ -84,18 +111,26 @@ class EventTimeAligner(Generic[T]):
         out: list[T] = []
         for partition in partitions:
             heap = self._heaps.pop(partition, [])
-            out.extend(item for *_rest, item in sorted(heap))
+            out.extend(entry[4] for entry in sorted(heap, key=lambda e: (e[0], e[1])))
             for topic in self.topics:
                 self._head.pop((topic, partition), None)
                 self._last_push.pop((topic, partition), None)
         return out
 
-    def _watermark(self, partition: int, caught_up: CaughtUp, now: float) -> float:
-        """The lowest event time reached by a topic that still has data to deliver."""
+    def _watermark(
+        self, partition: int, caught_up: CaughtUp, now: float
+    ) -> tuple[float, float]:
+        """The lowest event time reached by a topic that still has data to deliver, and the
+        fetch time (ms) up to which the caught-up topics vouch that nothing is missing."""
         watermark = float("inf")
+        fresh_ms = float("inf")
         stalled_before = now - self.max_hold_s
         for topic in self.topics:
-            if caught_up(topic, partition) is True:
+            state = caught_up(topic, partition)
+            if state is True:
+                continue
+            if state is not None and state is not False:
+                fresh_ms = min(fresh_ms, state)
                 continue
             key = (topic, partition)
             head = self._head.get(key)
@@ -104,9 +139,9 @@ class EventTimeAligner(Generic[T]):
                 # has waited max_hold_s already.
                 oldest = min(entry[2] for entry in self._heaps[partition])
                 if oldest > stalled_before:
-                    return float("-inf")
+                    return float("-inf"), fresh_ms
                 continue
             if self._last_push[key] < stalled_before:
                 continue  # stalled: stop waiting for it
             watermark = min(watermark, head)
-        return watermark
+        return watermark, fresh_ms

@@ -75,3 +75,22 @@ def test_releases_in_event_time_order_when_topics_arrive_in_order(pushes) -> Non
         out += a.release(lambda t, p, r=remaining: t not in r, now=step)
     out += a.drain()
     assert out == sorted(out) and len(out) == len(pushes)
+
+
+def test_a_caught_up_topic_vouches_only_for_events_fetched_before_its_watermark() -> None:
+    # clicks looked caught up at fetch time 100 ms; an order fetched at 150 ms may be ahead of
+    # clicks the broker already had at 150 ms, so it waits for a fresher clicks fetch.
+    a = EventTimeAligner(TOPICS, max_hold_s=10, fresh_wait_s=2)
+    a.push("orders", 0, ts=500, item="o", now=0, fetched_ms=150)
+    stale = lambda topic, partition: 100.0 if topic == "clicks" else True  # noqa: E731
+    assert a.release(stale, now=0.1) == []
+    fresh = lambda topic, partition: 150.0 if topic == "clicks" else True  # noqa: E731
+    assert a.release(fresh, now=0.2) == ["o"]
+
+
+def test_a_stale_watermark_delays_by_at_most_fresh_wait() -> None:
+    a = EventTimeAligner(TOPICS, max_hold_s=10, fresh_wait_s=2)
+    a.push("orders", 0, ts=500, item="o", now=0, fetched_ms=150)
+    stale = lambda topic, partition: 100.0 if topic == "clicks" else True  # noqa: E731
+    assert a.release(stale, now=1.9) == []
+    assert a.release(stale, now=2.1) == ["o"]
