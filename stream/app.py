@@ -51,6 +51,22 @@ class _UserStateCodec(codecs.Codec):
 codecs.register("shopscore_state", _UserStateCodec())
 
 
+def _broker_credentials(settings: Settings) -> faust.auth.Credentials | None:
+    """Faust's form of the Kafka security settings (``Settings.kafka_client_options``)."""
+    options = settings.kafka_client_options()
+    protocol = options.get("security_protocol")
+    if protocol is None:
+        return None
+    if protocol == "SSL":
+        return faust.SSLCredentials(options["ssl_context"])
+    return faust.SASLCredentials(
+        username=options["sasl_plain_username"],
+        password=options["sasl_plain_password"],
+        ssl_context=options.get("ssl_context"),
+        mechanism=options["sasl_mechanism"],
+    )
+
+
 @contextlib.contextmanager
 def _acting_as(event: EventT) -> Iterator[None]:
     """Make ``event`` Faust's current event while writing a table key.
@@ -94,9 +110,10 @@ class ShopscoreApp:
             store=settings.store,
             datadir=str(settings.data_dir),
             web_bind=settings.web_host,
-            web_host=settings.web_host,
+            web_host=settings.advertised_web_host(),
             web_port=settings.web_port,
             topic_partitions=settings.partitions,
+            topic_replication_factor=settings.replication_factor,
             topic_allow_declare=True,
             broker_rebalance_timeout=settings.rebalance_timeout_ms / 1000,
             broker_session_timeout=settings.session_timeout_ms / 1000,
@@ -105,6 +122,7 @@ class ShopscoreApp:
             processing_guarantee="at_least_once",
             key_serializer="raw",
             value_serializer="raw",
+            broker_credentials=_broker_credentials(settings),
         )
         setup_prometheus_sensors(
             self.app,
@@ -166,25 +184,40 @@ class ShopscoreApp:
         """Whether Kafka's default partitioner puts ``user_id`` on ``partition`` (murmur2)."""
         return (murmur2(user_id.encode()) & 0x7FFFFFFF) % self.settings.partitions == partition
 
-    def _caught_up(self, topic: str, partition: int) -> bool | None:
-        """Whether this worker has read everything currently in ``topic``'s ``partition``."""
-        tp = TP(self.settings.topic(topic), partition)
+    def _fetch_state(self, tp: TP) -> Any:
+        """aiokafka's fetch state of ``tp`` (position, high watermark, last fetch time)."""
         try:
-            highwater = self.app.consumer.highwater(tp)
+            consumer = self.app.consumer._thread._ensure_consumer()  # type: ignore[attr-defined]
+            return consumer._subscription.subscription.assignment.state_value(tp)
         except Exception:  # not assigned / consumer restarting
             return None
+
+    def _fetched_ms(self, tp: TP) -> float:
+        """When the latest fetch of ``tp`` returned: no later than this, its records arrived."""
+        state = self._fetch_state(tp)
+        stamp = getattr(state, "timestamp", None)
+        return float(stamp) if stamp is not None else float("-inf")
+
+    def _caught_up(self, topic: str, partition: int) -> bool | float | None:
+        """Whether this worker has read everything in ``topic``'s ``partition`` as of its last
+        fetch; when it has, the time of that fetch (see ``stream.ordering``)."""
+        tp = TP(self.settings.topic(topic), partition)
+        state = self._fetch_state(tp)
+        if state is None:
+            return None
+        highwater = state.highwater
         if highwater is None or highwater < 0:
             return None
         last = self._last_offset.get(tp)
         if last is not None:
-            return last + 1 >= highwater
-        try:  # nothing read since start: compare the consumer's fetch position
-            aiokafka_consumer = self.app.consumer._thread._ensure_consumer()  # type: ignore[attr-defined]
-            state = aiokafka_consumer._subscription.subscription.assignment.state_value(tp)
-            position = state.position if state is not None else None
-        except Exception:
+            caught_up = last + 1 >= highwater
+        elif state.has_valid_position:  # nothing read since start: the fetch position
+            caught_up = state.position >= highwater
+        else:
             return None
-        return None if position is None else position >= highwater
+        if not caught_up:
+            return False
+        return float(state.timestamp) if state.timestamp is not None else True
 
     async def _apply_released(
         self, result: BatchResult, now_ms: int, *, drain: bool = False
@@ -218,6 +251,8 @@ class ShopscoreApp:
             metrics.consumed.labels(topic).inc(n)
         for (topic, reason), n in result.rejected.items():
             metrics.rejected.labels(topic, reason).inc(n)
+            if reason == "late":
+                metrics.late.labels(topic).inc(n)
         for topic, n in result.duplicates.items():
             metrics.duplicates.labels(topic).inc(n)
         applied: dict[str, int] = {}
@@ -226,8 +261,11 @@ class ShopscoreApp:
         for kind, n in applied.items():
             metrics.applied.labels(TOPIC_OF_KIND[kind]).inc(n)
         metrics.held.set(len(self.aligner))
+        now_s = time.time()
         for event, _msg, _clean in items:
             self._done.add(id(event))
+            if event.message.timestamp > 0:  # Kafka record timestamp: when the event arrived
+                metrics.ingest_latency.observe(max(0.0, now_s - event.message.timestamp))
         await self._flush_acks()
 
     async def _flush_acks(self) -> None:
@@ -290,6 +328,7 @@ class ShopscoreApp:
                             ts=clean.ts,
                             item=(event, msg, clean),
                             now=wall,
+                            fetched_ms=self._fetched_ms(message.tp),
                         )
                 await self._apply_released(result, now_ms)
                 metrics.batch_size.observe(len(events))
@@ -339,17 +378,24 @@ class ShopscoreApp:
 
         async def refresh_gauges() -> None:
             metrics.users.set(len(self.users))
+            metrics.ready.set(1 if self.ready()[0] else 0)
             monitor = self.app.monitor
             ends = getattr(monitor, "tp_end_offsets", None) or {}
             reads = getattr(monitor, "tp_read_offsets", None) or {}
             committed = getattr(monitor, "tp_committed_offsets", None) or {}
+            lag: dict[tuple[str, str], int] = {}
             for tp in self.app.consumer.assignment():
                 name = self._contract_name.get(tp.topic)
                 if name is None or tp not in ends:
                     continue
                 # After a restart nothing may be read yet: the committed offset is the position.
                 position = max(reads.get(tp, -1) + 1, committed.get(tp, 0))
-                metrics.lag.labels(name, str(tp.partition)).set(max(0, ends[tp] - position))
+                lag[name, str(tp.partition)] = max(0, ends[tp] - position)
+            # Only assigned partitions: a partition moved to another worker is reported there,
+            # so sum(shopscore_consumer_lag_messages) over all workers counts each once.
+            metrics.lag.clear()
+            for (name, partition), value in lag.items():
+                metrics.lag.labels(name, partition).set(value)
 
         self.app.timer(1.0, name="shopscore.refresh_gauges")(refresh_gauges)
 

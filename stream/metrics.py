@@ -1,7 +1,23 @@
 """shopscore's own Prometheus metrics, on one registry per app, next to Faust's sensor metrics.
 
 Conventions: ``shopscore_`` prefix, ``_total`` counters, base units (seconds, bytes), and label
-values from small fixed sets (contract topic names, reason codes, partitions): never a user id.
+values from small fixed sets (contract topic names, reason codes, partitions, model names and
+metric names): never a user id. Faust's own sensor (``shopscore_faust_*`` on the same registry)
+covers what it measures already: raw messages received and sent per physical topic (changelogs
+included), commit and send latency, rebalances, HTTP status codes. Process RSS and CPU come from
+prometheus-client's process collector (``process_resident_memory_bytes``,
+``process_cpu_seconds_total``).
+
+Families whose producer is not built yet (scoring, online learners, drift) are declared here so
+dashboards and alerts can reference them; they have no samples until the code that fills them
+lands, and a PromQL query over them returns an empty result, not an error.
+
+>>> m = Metrics()
+>>> m.consumed.labels("clicks").inc(3)
+>>> m.registry.get_sample_value("shopscore_events_consumed_total", {"topic": "clicks"})
+3.0
+>>> m.registry.get_sample_value("shopscore_messages_produced_total", {"topic": "scores.churn"})
+0.0
 """
 
 from __future__ import annotations
@@ -11,24 +27,61 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Info,
     PlatformCollector,
     ProcessCollector,
 )
+
+from stream import __version__
+from stream.events import INPUT_TOPICS
+from stream.topics import DLQ, OUTPUT_TOPICS
 
 __all__ = ["Metrics"]
 
 _BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 _SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+# Arrival to effect spans milliseconds in real time and minutes while a backlog is worked off.
+_LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    300,
+)
 
 
 class Metrics:
-    """The worker's metric families; one instance per app (tests build several per process)."""
+    """The worker's metric families; one instance per app (tests build several per process).
+
+    Label values that are known up front (contract topics) start at zero, so ``rate()`` and
+    ``increase()`` see the first increment and a dashboard shows a flat line rather than nothing.
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total
         PlatformCollector(registry=r)
+        self.build = Info("shopscore_build", "The shopscore version this worker runs.", registry=r)
+        self.build.info({"version": __version__})
+        self.ready = Gauge(
+            "shopscore_worker_ready",
+            "1 when GET /health says ready (partitions assigned, tables recovered), else 0.",
+            registry=r,
+        )
+
+        # -- ingest -------------------------------------------------------------------------
         self.consumed = Counter(
             "shopscore_events_consumed_total",
             "Input messages consumed, valid or not, per contract topic.",
@@ -37,8 +90,15 @@ class Metrics:
         )
         self.rejected = Counter(
             "shopscore_events_rejected_total",
-            "Input messages sent to events.dlq, per topic and reason code.",
+            "Input messages sent to events.dlq, per topic and reason code (late ones included).",
             ["topic", "reason"],
+            registry=r,
+        )
+        self.late = Counter(
+            "shopscore_events_late_total",
+            "Input events older than the user's allowed lateness (dead-lettered as 'late'; "
+            'also counted in shopscore_events_rejected_total{reason="late"}).',
+            ["topic"],
             registry=r,
         )
         self.duplicates = Counter(
@@ -77,6 +137,13 @@ class Metrics:
             buckets=_SECONDS_BUCKETS,
             registry=r,
         )
+        self.ingest_latency = Histogram(
+            "shopscore_ingest_latency_seconds",
+            "From an event's arrival in Kafka (record timestamp) to its application to the "
+            "user's state, including time held for event-time alignment.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.held = Gauge(
             "shopscore_events_held",
             "Valid events held back to be applied in event-time order across input topics.",
@@ -89,7 +156,64 @@ class Metrics:
         )
         self.lag = Gauge(
             "shopscore_consumer_lag_messages",
-            "Messages between the last read offset and the partition's end, per input partition.",
+            "Messages between the last read offset and the partition's end, per input "
+            "partition this worker is assigned.",
             ["topic", "partition"],
             registry=r,
         )
+
+        # -- scoring (filled by the scoring agents) ------------------------------------------
+        self.end_to_end = Histogram(
+            "shopscore_end_to_end_latency_seconds",
+            "From an event's arrival in Kafka (record timestamp) to the score it triggered "
+            "being handed to the producer.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.scoring_seconds = Histogram(
+            "shopscore_scoring_batch_seconds",
+            "Time of one scoring call (one onnxruntime run over a batch), per model.",
+            ["model"],
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.scoring_batch_size = Histogram(
+            "shopscore_scoring_batch_size_users",
+            "Users scored per scoring call, per model.",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.model = Info(
+            "shopscore_model",
+            "The model version in use (label version), per model; one sample per model.",
+            ["model"],
+            registry=r,
+        )
+        self.model_swaps = Counter(
+            "shopscore_model_swaps_total",
+            "Times a model was replaced by a new version while running, per model.",
+            ["model"],
+            registry=r,
+        )
+
+        # -- online learning (filled by the River learners) ---------------------------------
+        self.online_metric = Gauge(
+            "shopscore_online_metric",
+            "Rolling quality of a model measured on labels the stream revealed later, per model "
+            "and metric (auc, hit_rate, ...; ratios in 0..1).",
+            ["model", "metric"],
+            registry=r,
+        )
+        self.drift = Counter(
+            "shopscore_drift_detections_total",
+            "Concept drifts detected by the online drift detector, per model.",
+            ["model"],
+            registry=r,
+        )
+
+        for topic in INPUT_TOPICS:
+            for family in (self.consumed, self.applied, self.duplicates, self.late):
+                family.labels(topic)
+        for topic in (*OUTPUT_TOPICS, DLQ):
+            self.produced.labels(topic)
