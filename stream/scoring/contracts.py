@@ -1,0 +1,72 @@
+"""The output topics' message contracts, as a checker downstream consumers and tests share.
+
+>>> problems("scores.churn", {"user_id": "u1", "ts": 1, "trigger": "e1",
+...     "models": {"onnx": "v1"}, "churn_probability": 0.2, "horizon_days": 30.0})
+[]
+>>> problems("scores.churn", {"user_id": "u1", "ts": 1, "trigger": "e1", "models": {},
+...     "churn_probability": 1.5, "horizon_days": 30})
+['churn_probability 1.5 outside 0..1']
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["problems"]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def _probability(value: Any) -> bool:
+    return _number(value) and 0.0 <= value <= 1.0
+
+
+def problems(topic: str, value: Any) -> list[str]:
+    """What is wrong with ``value`` as a message of ``topic`` (empty when it conforms)."""
+    if not isinstance(value, dict):
+        return ["not a JSON object"]
+    out: list[str] = []
+    if not isinstance(value.get("user_id"), str) or not value["user_id"]:
+        out.append("user_id missing")
+    if not isinstance(value.get("ts"), int) or isinstance(value.get("ts"), bool):
+        out.append("ts is not an integer (epoch ms)")
+    if not isinstance(value.get("trigger"), str) or not value["trigger"]:
+        out.append("trigger missing")
+    if not isinstance(value.get("models"), dict):
+        out.append("models missing")
+    if topic == "scores.churn":
+        if not _probability(value.get("churn_probability")):
+            out.append(f"churn_probability {value.get('churn_probability')!r} outside 0..1")
+        if not _number(value.get("horizon_days")) or value["horizon_days"] <= 0:
+            out.append("horizon_days missing")
+    elif topic == "scores.interest":
+        top = value.get("top_categories")
+        if not isinstance(top, list) or not all(
+            isinstance(c, dict) and isinstance(c.get("category"), str) and _probability(c.get("p"))
+            for c in top
+        ):
+            out.append("top_categories is not a list of {category, p}")
+    elif topic == "scores.purchase_power":
+        spend = value.get("expected_spend_30d")
+        if not _number(spend) or spend < 0:
+            out.append(f"expected_spend_30d {spend!r} is not a non-negative number")
+        if value.get("tier") not in ("low", "mid", "high", "top"):
+            out.append(f"tier {value.get('tier')!r} unknown")
+    elif topic == "recs.cart":
+        items = value.get("items")
+        if not isinstance(items, list) or not items or not all(
+            isinstance(i, dict) and isinstance(i.get("item_id"), str) and _number(i.get("score"))
+            for i in items
+        ):
+            out.append("items is not a non-empty list of {item_id, score}")
+    elif topic == "offers":
+        offer = value.get("offer")
+        if offer is not None and not (isinstance(offer, dict) and isinstance(offer.get("id"), str)):
+            out.append("offer is neither null nor an object with an id")
+        if not _probability(value.get("propensity")) or value["propensity"] <= 0:
+            out.append(f"propensity {value.get('propensity')!r} outside (0, 1]")
+    else:
+        out.append(f"unknown output topic {topic!r}")
+    return out

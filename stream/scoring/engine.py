@@ -1,0 +1,482 @@
+"""From the users a micro-batch touched to the messages of the five output topics.
+
+Three steps, so a worker can run the middle one off the event loop: ``prepare`` reads feature
+vectors and model inputs for the whole batch (pure Python), ``infer`` makes one onnxruntime
+call per model for the whole batch (releases the GIL: the worker runs it in an executor), and
+``finish`` delivers delayed labels to the online learners, blends, and builds the messages.
+``score`` chains them for offline evaluation, so offline figures come from the same code the
+worker runs.
+
+Labels are revealed by the stream itself, in event time:
+
+- churn: an order within the horizon after a prediction makes it a negative; the horizon
+  passing without an order (seen at the user's next event or at a clock tick) a positive;
+- interest: the category of the user's next action;
+- offers: an order within the offer window after the offer (reward 1 minus the offer's cost),
+  else minus its cost once the window has passed (``pending.resolve_offer``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from stream.events import CartChange, Click, Event, Order
+from stream.features import FeatureConfig, UserState, feature_vector
+from stream.features.schema import FEATURE_NAMES
+from stream.features.state import current_profile
+from stream.models.inputs import (
+    Candidates,
+    cart_candidates,
+    category_bucket,
+    category_sequence,
+    feature_matrix,
+)
+from stream.models.registry import Model
+from stream.scoring.pending import (
+    PendingInterest,
+    PendingOffer,
+    add_churn_prediction,
+    resolve_churn,
+    resolve_interest,
+    resolve_offer,
+)
+from stream.scoring.state import Learners, UserScores
+
+__all__ = [
+    "OUTPUT_TOPICS",
+    "ScoreResult",
+    "Scorer",
+    "ScoringConfig",
+    "UserInput",
+    "churn_inputs",
+]
+
+OUTPUT_TOPICS = ("scores.interest", "scores.churn", "scores.purchase_power", "recs.cart", "offers")
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """Scoring knobs (``SHOPSCORE_CHURN_HORIZON``, ``_OFFER_WINDOW``... in ``Settings``)."""
+
+    churn_horizon_ms: int = 30 * DAY_MS
+    interest_k: int = 5
+    recs_k: int = 10
+    offer_window_ms: int = 7 * DAY_MS
+    offer_cooldown_ms: int = 7 * DAY_MS
+    churn_label_every_ms: int = DAY_MS
+    #: Weight of the ONNX model in a recommendation's score; the rest is co-occurrence.
+    recs_model_weight: float = 0.5
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+
+
+@dataclass
+class UserInput:
+    """One user to score: their state, their scoring state, and what happened in the batch."""
+
+    user_id: str
+    partition: int
+    state: UserState
+    scores: UserScores
+    #: Events of this user applied in this batch, in event-time order (empty for a clock tick).
+    events: list[Event]
+    #: The event time the scores are valid for.
+    at_ms: int
+    #: Id of the event that triggered scoring, or ``"clock"``.
+    trigger: str
+
+
+@dataclass
+class Prepared:
+    users: list[UserInput]
+    churn_only: bool
+    #: The models this batch is scored with, fixed at ``prepare`` so a swap mid-batch can't mix.
+    models: dict[str, Model]
+    features: np.ndarray
+    vectors: list[list[float]]
+    sequences: np.ndarray | None = None
+    #: (index of user, candidates) for users who added to their cart in this batch.
+    carts: list[tuple[int, Candidates]] = field(default_factory=list)
+
+
+@dataclass
+class Inferred:
+    churn: np.ndarray
+    spend: np.ndarray | None = None
+    interest: np.ndarray | None = None
+    recs: np.ndarray | None = None
+    #: Seconds per model call.
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ScoreResult:
+    #: (output topic, key, value) in the order they should be sent.
+    messages: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    #: Labels delivered, per learner.
+    labels: dict[str, int] = field(default_factory=dict)
+    #: (learner, partition) for every drift detected in this batch.
+    drifts: list[tuple[str, int]] = field(default_factory=list)
+    #: Partitions whose learners changed (to checkpoint).
+    partitions: set[int] = field(default_factory=set)
+
+    def count(self, learner: str, n: int = 1) -> None:
+        self.labels[learner] = self.labels.get(learner, 0) + n
+
+
+def churn_inputs(vector: Sequence[float], p_onnx: float) -> dict[str, float]:
+    """The online churn learner's input: every feature on a signed log scale (a shop's counts,
+    prices and gaps differ by orders of magnitude from another's; logs make them comparable)
+    and the ONNX model's logit, whose weight the learner fits to this shop."""
+    x = {
+        name: math.copysign(math.log1p(abs(v)), v)
+        for name, v in zip(FEATURE_NAMES, vector, strict=True)
+    }
+    p = min(max(p_onnx, 1e-6), 1 - 1e-6)
+    x["onnx_logit"] = math.log(p / (1 - p))
+    return x
+
+
+class Scorer:
+    """Scores batches with a set of ONNX models; swap ``models`` between batches."""
+
+    def __init__(self, models: dict[str, Model], config: ScoringConfig | None = None) -> None:
+        self.models = models
+        self.config = config or ScoringConfig()
+
+    def versions(self) -> dict[str, str]:
+        return {name: model.version for name, model in self.models.items()}
+
+    # -- step 1 ---------------------------------------------------------------------------
+
+    def prepare(
+        self, users: list[UserInput], learners_of: Callable[[int], Learners], churn_only: bool
+    ) -> Prepared:
+        cfg = self.config.features
+        vectors = [feature_vector(u.state, u.at_ms, cfg) for u in users]
+        prepared = Prepared(users, churn_only, self.models, feature_matrix(vectors), vectors)
+        if churn_only:
+            return prepared
+        prepared.sequences = np.asarray(
+            [category_sequence(current_profile(u.state, cfg)) for u in users], np.int32
+        ).reshape(len(users), -1)
+        for index, user in enumerate(users):
+            learners = learners_of(user.partition)
+            for event in user.events:
+                learners.popularity.observe(event)
+            if any(isinstance(e, CartChange) and e.action == "add" for e in user.events):
+                profile = current_profile(user.state, cfg)
+                if profile.cart:
+                    extra = learners.cooccurrence.candidates(
+                        sorted(profile.cart),
+                        self.config.recs_k * 2,
+                        now_ms=user.at_ms,
+                        exclude=set(profile.cart),
+                    )
+                    candidates = cart_candidates(
+                        profile,
+                        learners.popularity,
+                        user.at_ms,
+                        extra_items=[item for item, _w in extra],
+                    )
+                    if candidates.items:
+                        prepared.carts.append((index, candidates))
+        return prepared
+
+    # -- step 2 (thread-safe: onnxruntime only) -------------------------------------------
+
+    def infer(self, prepared: Prepared) -> Inferred:
+        models = prepared.models
+        features = prepared.features
+        timer = _Timer()
+        out = Inferred(churn=timer.run("churn", models["churn"].predict, features))
+        if not prepared.churn_only and len(features):
+            out.spend = timer.run("purchase_power", models["purchase_power"].predict, features)
+            interest = models["interest"]
+            feed = _feed(interest, features=features, sequence=prepared.sequences)
+            out.interest = timer.run("interest", interest.predict, feed)
+            if prepared.carts:
+                rows = [c.inputs() for _i, c in prepared.carts]
+                recs = {name: np.concatenate([r[name] for r in rows]) for name in rows[0]}
+                out.recs = timer.run("cart_recs", models["cart_recs"].predict, recs)
+        out.seconds = timer.seconds
+        return out
+
+    # -- step 3 ---------------------------------------------------------------------------
+
+    def finish(
+        self, prepared: Prepared, inferred: Inferred, learners_of: Callable[[int], Learners]
+    ) -> ScoreResult:
+        result = ScoreResult()
+        versions = {name: model.version for name, model in prepared.models.items()}
+        recs_at = {index: row for row, (index, _c) in enumerate(prepared.carts)}
+        recs_offset = 0
+        recs_slices: dict[int, tuple[int, int]] = {}
+        for index, candidates in prepared.carts:
+            recs_slices[index] = (recs_offset, recs_offset + len(candidates.items))
+            recs_offset += len(candidates.items)
+        for index, user in enumerate(prepared.users):
+            learners = learners_of(user.partition)
+            result.partitions.add(user.partition)
+            scores = user.scores
+            self._reveal_labels(user, learners, result)
+            vector = prepared.vectors[index]
+            p_onnx = float(inferred.churn[index])
+            x = churn_inputs(vector, p_onnx)
+            p_churn = learners.churn.predict(x, p_onnx)
+            add_churn_prediction(
+                scores.churn_pending,
+                user.at_ms,
+                x,
+                p_onnx,
+                every_ms=self.config.churn_label_every_ms,
+            )
+            online_version = f"river-churn-p{user.partition}-n{learners.churn.labels_seen}"
+            head = {"user_id": user.user_id, "ts": user.at_ms, "trigger": user.trigger}
+            churn_msg = {
+                **head,
+                "churn_probability": round(p_churn, 6),
+                "horizon_days": self.config.churn_horizon_ms / DAY_MS,
+                "components": {
+                    "onnx": round(p_onnx, 6),
+                    "weight_online": round(learners.churn.weight_online, 4),
+                },
+                "models": {"onnx": versions["churn"], "online": online_version},
+            }
+            self._emit(result, scores, "scores.churn", churn_msg)
+            if prepared.churn_only:
+                continue
+            assert inferred.spend is not None and inferred.interest is not None
+            spend = max(0.0, float(inferred.spend[index]))
+            learners.tiers.update(spend)
+            self._emit(
+                result,
+                scores,
+                "scores.purchase_power",
+                {
+                    **head,
+                    "expected_spend_30d": round(spend, 2),
+                    "tier": learners.tiers.tier(spend),
+                    "models": {"onnx": versions["purchase_power"], "online": "river-tiers"},
+                },
+            )
+            ranked = self._interest(user, inferred.interest[index], learners)
+            self._emit(
+                result,
+                scores,
+                "scores.interest",
+                {
+                    **head,
+                    "top_categories": [{"category": c, "p": round(p, 6)} for c, p in ranked],
+                    "models": {
+                        "onnx": versions["interest"],
+                        "online": f"river-interest-p{user.partition}",
+                    },
+                },
+            )
+            if index in recs_slices and inferred.recs is not None:
+                start, stop = recs_slices[index]
+                candidates = prepared.carts[recs_at[index]][1]
+                items = self._rank_recs(
+                    candidates, inferred.recs[start:stop], user, learners
+                )
+                self._emit(
+                    result,
+                    scores,
+                    "recs.cart",
+                    {
+                        **head,
+                        "items": [{"item_id": i, "score": round(s, 6)} for i, s in items],
+                        "models": {"onnx": versions["cart_recs"], "online": "cooccurrence"},
+                    },
+                )
+            self._offer(user, learners, p_churn, spend, vector, head, result)
+            self._learn_cooccurrence(user, learners)
+        return result
+
+    def score(
+        self, users: list[UserInput], learners_of: Callable[[int], Learners], churn_only: bool
+    ) -> ScoreResult:
+        prepared = self.prepare(users, learners_of, churn_only)
+        return self.finish(prepared, self.infer(prepared), learners_of)
+
+    # -- pieces -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _emit(result: ScoreResult, scores: UserScores, topic: str, value: dict[str, Any]) -> None:
+        scores.latest[topic] = value
+        result.messages.append((topic, value["user_id"], value))
+
+    def _reveal_labels(self, user: UserInput, learners: Learners, result: ScoreResult) -> None:
+        """Deliver what this user's events (or, for a clock tick, event time alone) reveal
+        about earlier predictions, before new ones are made."""
+        scores = user.scores
+        moments: list[tuple[int, int | None, str | None]] = [
+            (e.ts, e.ts if isinstance(e, Order) else None, _category_of(e)) for e in user.events
+        ] or [(user.at_ms, None, None)]
+        for now, order_ts, category in moments:
+            for x, p_onnx, y in resolve_churn(
+                scores.churn_pending,
+                order_ts=order_ts,
+                now_ts=now,
+                horizon_ms=self.config.churn_horizon_ms,
+            ):
+                if learners.churn.learn(x, p_onnx, y):
+                    result.drifts.append(("churn", user.partition))
+                result.count("churn")
+            if category is not None:
+                label = resolve_interest(scores.interest_pending, category=category, ts=now)
+                if label is not None:
+                    candidates, ranked, next_category = label
+                    learners.interest.record_hit(ranked, next_category)
+                    learners.interest.learn(candidates, next_category)
+                    scores.interest_pending = None
+                    result.count("interest")
+            reward = resolve_offer(
+                scores.offer_pending,
+                order_ts=order_ts,
+                now_ts=now,
+                window_ms=self.config.offer_window_ms,
+            )
+            if reward is not None:
+                offer = PendingOffer.from_dict(scores.offer_pending or {})
+                learners.offers.learn(offer.context, offer.arm, reward)
+                scores.offer_pending = None
+                result.count("offers")
+
+    def _interest(
+        self, user: UserInput, probs: np.ndarray, learners: Learners
+    ) -> list[tuple[str, float]]:
+        profile = current_profile(user.state, self.config.features)
+        affinity = profile.affinity
+        affinity_total = sum(affinity.values()) or 1.0
+        recent = profile.recent_categories
+        last = recent[-1] if recent else None
+        names = set(affinity) | set(recent)
+        if not names:
+            return []
+        onnx = {c: float(probs[category_bucket(c)]) for c in names}
+        onnx_total = sum(onnx.values()) or 1.0
+        candidates = {
+            c: {
+                "onnx_p": onnx[c] / onnx_total,
+                "affinity_share": affinity.get(c, 0.0) / affinity_total,
+                "recent_share": recent.count(c) / len(recent) if recent else 0.0,
+                "is_last": float(c == last),
+            }
+            for c in sorted(names)
+        }
+        ranked = learners.interest.rank(candidates, self.config.interest_k)
+        user.scores.interest_pending = PendingInterest(
+            user.at_ms, [c for c, _p in ranked], candidates
+        ).to_dict()
+        return ranked
+
+    def _rank_recs(
+        self, candidates: Candidates, model_scores: np.ndarray, user: UserInput, learners: Learners
+    ) -> list[tuple[str, float]]:
+        profile = current_profile(user.state, self.config.features)
+        cooc = dict(
+            learners.cooccurrence.candidates(
+                sorted(profile.cart), len(candidates.items), now_ms=user.at_ms, exclude=set()
+            )
+        )
+        top = max(cooc.values(), default=0.0) or 1.0
+        w = self.config.recs_model_weight
+        scored = [
+            (item, w * float(s) + (1 - w) * cooc.get(item, 0.0) / top)
+            for item, s in zip(candidates.items, model_scores, strict=True)
+            if item not in profile.cart
+        ]
+        scored.sort(key=lambda kv: (-kv[1], kv[0]))
+        return scored[: self.config.recs_k]
+
+    def _offer(
+        self,
+        user: UserInput,
+        learners: Learners,
+        p_churn: float,
+        spend: float,
+        vector: list[float],
+        head: dict[str, Any],
+        result: ScoreResult,
+    ) -> None:
+        scores = user.scores
+        if scores.offer_pending is not None:
+            return
+        last = scores.last_offer_ts
+        if last is not None and user.at_ms - last < self.config.offer_cooldown_ms:
+            return
+        if not learners.offers.eligible(p_churn, spend):
+            return
+        context = {
+            "churn": p_churn,
+            "log_spend": math.log1p(spend),
+            "log_orders": math.log1p(vector[FEATURE_NAMES.index("orders_total")]),
+            "bias": 1.0,
+        }
+        arm, propensity = learners.offers.choose(context)
+        scores.offer_pending = PendingOffer(
+            user.at_ms, arm, propensity, context, learners.offers.cost(arm)
+        ).to_dict()
+        scores.last_offer_ts = user.at_ms
+        self._emit(
+            result,
+            scores,
+            "offers",
+            {
+                **head,
+                "offer": learners.offers.offer_payload(arm),
+                "propensity": round(propensity, 6),
+                "models": {"online": "river-linucb"},
+            },
+        )
+
+    def _learn_cooccurrence(self, user: UserInput, learners: Learners) -> None:
+        """Items ordered together, and each item added with what was already in the cart
+        (only the new item's pairs, so a cart's older pairs are not counted again)."""
+        cart = current_profile(user.state, self.config.features).cart
+        for event in user.events:
+            if isinstance(event, Order) and len(event.items) > 1:
+                learners.cooccurrence.update([line.item_id for line in event.items], event.ts)
+            elif isinstance(event, CartChange) and event.action == "add":
+                learners.cooccurrence.update(
+                    sorted(set(cart) | {event.item_id}), event.ts, added=[event.item_id]
+                )
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def run(self, name: str, fn: Callable[[Any], np.ndarray], arg: Any) -> np.ndarray:
+        started = time.perf_counter()
+        try:
+            return fn(arg)
+        finally:
+            self.seconds[name] = time.perf_counter() - started
+
+
+def _category_of(event: Event) -> str | None:
+    if isinstance(event, Click) or (isinstance(event, CartChange) and event.action == "add"):
+        return event.category
+    if isinstance(event, Order) and event.items:
+        return event.items[0].category
+    return None
+
+
+def _feed(model: Model, **arrays: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Map our arrays onto the model's declared inputs: features first, the int sequence next."""
+    feed: dict[str, np.ndarray] = {}
+    for spec in model.inputs:
+        if len(spec.shape) == 2 and spec.dtype.kind == "f":
+            feed[spec.name] = arrays["features"]  # type: ignore[assignment]
+        else:
+            feed[spec.name] = arrays["sequence"]  # type: ignore[assignment]
+    return feed

@@ -1,0 +1,238 @@
+"""Churn probability: the offline ONNX model, corrected online for the shop actually streaming.
+
+The ONNX model was trained on some shops' histories; a new shop has other volumes, prices and
+rhythms. So the published probability is a mixture of two experts,
+
+    p = w * p_online + (1 - w) * p_onnx
+
+where ``p_online`` comes from a River logistic regression that learns from this shop's delayed
+labels. It is a *stacker*: besides the shop-agnostic features it sees ``onnx_logit``, so it
+learns how far to trust (and how to recalibrate) the ONNX model on this shop rather than
+starting from nothing.
+
+The weight ``w`` is an exponentially discounted Bayesian mixture (Hedge with learning rate 1,
+the optimal rate for log-loss, which is 1-exp-concave)::
+
+    A <- gamma * A + (logloss(p_onnx) - logloss(p_online))     # per label, progressive
+    w  = sigmoid(eta * A)                                      # eta = 1 by default
+
+``A`` is the online expert's advantage, summed over recent labels with a half-life of
+``half_life`` labels (``gamma = 2 ** (-1 / half_life)``), so old evidence fades and the blend
+can move back when the winner changes. Until ``min_labels`` labels have been seen, ``w = 0``:
+the ONNX model is trusted while the online learner is still near its zero initialisation.
+
+Drift: ``drift.ADWIN`` watches the blended per-label log-loss. When it flags a change *and*
+the loss went up (a degradation — ADWIN also flags improvements, which need no reaction), the
+pre-drift evidence is judged stale: the ONNX model is frozen and cannot follow the shop, the
+online learner can. So ``A`` is raised to at least ``logit(drift_weight) / eta`` (``w`` jumps to
+at least ``drift_weight``, 0.75 by default; never lowered) and then decays back towards what new
+labels say. ``drifts`` counts these events and ``learn`` returns True so the caller can log
+and meter it. Before ``min_labels`` a drift is still counted and the advantage still raised,
+but ``w`` stays 0 until the online learner has seen enough labels.
+
+Nothing here reads a clock: the learner's time is the order in which labels arrive.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from river import base, drift, linear_model, metrics, optim, preprocessing, utils
+
+__all__ = ["ONNX_LOGIT", "ChurnBlend"]
+
+#: The feature key under which the ONNX probability's logit reaches the online learner.
+ONNX_LOGIT = "onnx_logit"
+
+_LOGIT_EPS = 1e-6  # keeps logit(p_onnx) finite
+_LOSS_EPS = 1e-4  # per-label losses for the mixture and ADWIN are at most -log(1e-4) ≈ 9.2
+
+
+def _clip(p: float, eps: float) -> float:
+    return min(max(p, eps), 1.0 - eps)
+
+
+def _logit(p: float) -> float:
+    p = _clip(p, _LOGIT_EPS)
+    return math.log(p / (1.0 - p))
+
+
+def _sigmoid(z: float) -> float:
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+def _log_loss(y: bool, p: float) -> float:
+    p = _clip(p, _LOSS_EPS)
+    return -math.log(p if y else 1.0 - p)
+
+
+class ChurnBlend(base.Base):
+    """ONNX churn probability blended with an online stacker that learns from delayed labels.
+
+    Parameters
+    ----------
+    lr
+        SGD learning rate of the online logistic regression (weights and intercept: the shop's
+        base churn rate is the first thing it has to learn).
+    seed
+        Accepted so every scoring learner takes the same arguments; this learner has no
+        randomness (zero-initialised weights, plain SGD), so any seed gives the same run.
+    drift_delta
+        ADWIN's confidence; smaller flags fewer, larger changes.
+    window
+        Labels in the rolling ROC AUC and log-loss of ``metrics()``.
+    min_labels
+        Labels before the online learner gets any weight.
+    half_life
+        Labels after which an expert's past log-loss counts half in the mixture weight.
+    eta
+        Mixture learning rate; 1 is the Bayesian mixture (optimal for log-loss).
+    drift_weight
+        Least online weight right after a detected degradation.
+
+    Examples
+    --------
+    The ONNX model is confident and wrong on this shop (it says 0.8 for everyone, but users
+    with ``visits`` churn and the others don't); the online learner finds out.
+
+    >>> import random
+    >>> rng = random.Random(7)
+    >>> model = ChurnBlend(min_labels=50)
+    >>> model.predict({"visits": 0.0}, 0.8), model.weight_online
+    (0.8, 0.0)
+    >>> for _ in range(400):
+    ...     visits = float(rng.random() < 0.5)
+    ...     _ = model.learn({"visits": visits}, 0.8, y=visits == 0.0)
+    >>> model.labels_seen, model.weight_online > 0.99
+    (400, True)
+    >>> model.predict({"visits": 1.0}, 0.8) < 0.2 < 0.8 < model.predict({"visits": 0.0}, 0.8)
+    True
+    >>> m = model.metrics()
+    >>> m["roc_auc_blend"] > 0.95, round(m["roc_auc_onnx"], 1), m["log_loss_blend"] < m["log_loss_onnx"]
+    (True, 0.5, True)
+    """
+
+    def __init__(
+        self,
+        *,
+        lr: float = 0.05,
+        seed: int = 0,
+        drift_delta: float = 0.002,
+        window: int = 1000,
+        min_labels: int = 200,
+        half_life: float = 250.0,
+        eta: float = 1.0,
+        drift_weight: float = 0.75,
+    ) -> None:
+        if not 0.0 < drift_weight < 1.0:
+            raise ValueError("drift_weight must be in (0, 1)")
+        if half_life <= 0 or window <= 0 or eta <= 0 or min_labels < 0:
+            raise ValueError("half_life, window and eta must be positive, min_labels >= 0")
+        self.lr = lr
+        self.seed = seed
+        self.drift_delta = drift_delta
+        self.window = window
+        self.min_labels = min_labels
+        self.half_life = half_life
+        self.eta = eta
+        self.drift_weight = drift_weight
+
+        self._model = preprocessing.StandardScaler() | linear_model.LogisticRegression(
+            optimizer=optim.SGD(lr), intercept_lr=lr
+        )
+        self._gamma = 2.0 ** (-1.0 / half_life)
+        self._advantage = 0.0  # decayed sum of logloss(onnx) - logloss(online)
+        self._labels = 0
+        self._drifts = 0
+        self._adwin = drift.ADWIN(delta=drift_delta)
+        self._auc_blend = metrics.RollingROCAUC(window_size=window)
+        self._auc_onnx = metrics.RollingROCAUC(window_size=window)
+        self._loss_blend = utils.Rolling(metrics.LogLoss, window_size=window)
+        self._loss_onnx = utils.Rolling(metrics.LogLoss, window_size=window)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    @property
+    def weight_online(self) -> float:
+        """The online learner's share ``w`` of the blend (0 until ``min_labels`` labels)."""
+        if self._labels < self.min_labels:
+            return 0.0
+        return _sigmoid(self.eta * self._advantage)
+
+    @property
+    def labels_seen(self) -> int:
+        return self._labels
+
+    @property
+    def drifts(self) -> int:
+        """Degradations ADWIN detected in the blended log-loss so far."""
+        return self._drifts
+
+    def _features(self, x: Mapping[str, float], p_onnx: float) -> dict[str, float]:
+        # A new dict: the caller's is never mutated, and onnx_logit always matches p_onnx.
+        return {**x, ONNX_LOGIT: _logit(p_onnx)}
+
+    def _p_online(self, features: dict[str, float]) -> float:
+        return float(self._model.predict_proba_one(features).get(True, 0.0))
+
+    def predict(self, x: Mapping[str, float], p_onnx: float) -> float:
+        """The blended churn probability. ``x`` holds shop-agnostic features; ``onnx_logit`` is
+        derived from ``p_onnx`` here (a value for it in ``x`` is replaced)."""
+        w = self.weight_online
+        if w == 0.0:
+            return float(p_onnx)
+        return w * self._p_online(self._features(x, p_onnx)) + (1.0 - w) * float(p_onnx)
+
+    def predict_many(
+        self, xs: Sequence[Mapping[str, float]], p_onnx: Sequence[float]
+    ) -> list[float]:
+        """``predict`` over a micro-batch (same results as one call per user)."""
+        if len(xs) != len(p_onnx):
+            raise ValueError(f"{len(xs)} feature dicts but {len(p_onnx)} ONNX probabilities")
+        return [self.predict(x, p) for x, p in zip(xs, p_onnx, strict=True)]
+
+    def metrics(self) -> dict[str, float]:
+        """Rolling (last ``window`` labels) ROC AUC and log-loss of the blend and of ONNX alone,
+        both measured on each label before learning from it (progressive validation)."""
+        return {
+            "roc_auc_blend": float(self._auc_blend.get()),
+            "roc_auc_onnx": float(self._auc_onnx.get()),
+            "log_loss_blend": float(self._loss_blend.get()),
+            "log_loss_onnx": float(self._loss_onnx.get()),
+        }
+
+    # -- learning ----------------------------------------------------------------------------
+
+    def learn(self, x: Mapping[str, float], p_onnx: float, y: bool) -> bool:
+        """Learn one delayed label (``y=True``: the user churned) for a past prediction made
+        from ``x`` and ``p_onnx``. Returns True when a drift (degradation) was detected."""
+        y = bool(y)
+        p_onnx = float(p_onnx)
+        features = self._features(x, p_onnx)
+        p_online = self._p_online(features)
+        w = self.weight_online
+        p_blend = w * p_online + (1.0 - w) * p_onnx
+
+        self._auc_blend.update(y, p_blend)
+        self._auc_onnx.update(y, p_onnx)
+        self._loss_blend.update(y, p_blend)
+        self._loss_onnx.update(y, p_onnx)
+
+        self._advantage = self._gamma * self._advantage + (
+            _log_loss(y, p_onnx) - _log_loss(y, p_online)
+        )
+        self._model.learn_one(features, y)
+        self._labels += 1
+
+        before = self._adwin.estimation
+        self._adwin.update(_log_loss(y, p_blend))
+        if self._adwin.drift_detected and self._adwin.estimation > before:
+            self._drifts += 1
+            floor = _logit(self.drift_weight) / self.eta
+            self._advantage = max(self._advantage, floor)
+            return True
+        return False

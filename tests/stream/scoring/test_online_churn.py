@@ -1,0 +1,171 @@
+"""ChurnBlend: ONNX first, the online stacker once it has earned it, and a shift on drift."""
+
+from __future__ import annotations
+
+import copy
+import math
+import pickle
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from river import drift, metrics
+
+from stream.scoring.online_churn import ONNX_LOGIT, ChurnBlend
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+def _stream(n: int, seed: int, change_at: int | None = None):
+    """Users with two shop-agnostic features; ONNX is right before ``change_at`` and the
+    relationship changes after it (planted drift)."""
+    rng = random.Random(seed)
+    for i in range(n):
+        f1, f2 = rng.gauss(0, 1), rng.gauss(0, 1)
+        p_onnx = _sigmoid(2 * f1 - 1)
+        changed = change_at is not None and i >= change_at
+        p_true = _sigmoid(-1.5 * f1 + 2 * f2) if changed else p_onnx
+        yield {"f1": f1, "f2": f2}, p_onnx, rng.random() < p_true
+
+
+def _trained(n: int = 300, seed: int = 3) -> ChurnBlend:
+    model = ChurnBlend(min_labels=100)
+    for x, p, y in _stream(n, seed):
+        model.learn(x, p, y)
+    return model
+
+
+def test_onnx_alone_until_min_labels():
+    model = ChurnBlend(min_labels=50)
+    for i, (x, p, y) in enumerate(_stream(49, 1)):
+        assert model.predict(x, p) == p
+        model.learn(x, p, y)
+        assert model.labels_seen == i + 1
+    assert model.weight_online == 0.0
+    model.learn({"f1": 0.0, "f2": 0.0}, 0.5, True)
+    assert 0.0 < model.weight_online < 1.0
+
+
+def test_onnx_logit_is_derived_from_p_onnx():
+    model = _trained()
+    x = {"f1": 0.3, "f2": -1.0}
+    assert model.predict({**x, ONNX_LOGIT: 42.0}, 0.7) == model.predict(x, 0.7)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(-3, 3), st.floats(-3, 3), st.floats(0, 1, exclude_min=True, exclude_max=True)
+        ),
+        max_size=20,
+    )
+)
+def test_predict_many_equals_predict(rows):
+    model = _TRAINED
+    xs = [{"f1": a, "f2": b} for a, b, _p in rows]
+    ps = [p for _a, _b, p in rows]
+    batch = model.predict_many(xs, ps)
+    assert batch == [model.predict(x, p) for x, p in zip(xs, ps, strict=True)]
+    assert all(0.0 <= p <= 1.0 for p in batch)
+
+
+_TRAINED = _trained()
+
+
+def test_predict_many_checks_lengths():
+    with pytest.raises(ValueError):
+        ChurnBlend().predict_many([{"f1": 1.0}], [0.1, 0.2])
+
+
+def test_learn_and_predict_do_not_mutate_inputs():
+    model = _trained()
+    x = {"f1": 0.5, "f2": 1.0}
+    before = copy.deepcopy(x)
+    model.predict(x, 0.4)
+    model.predict_many([x], [0.4])
+    model.learn(x, 0.4, True)
+    assert x == before
+
+
+def test_pickle_round_trip_continues_identically():
+    model = _trained()
+    clone = pickle.loads(pickle.dumps(model))
+    for x, p, y in _stream(200, 11):
+        assert clone.predict(x, p) == model.predict(x, p)
+        assert clone.learn(x, p, y) == model.learn(x, p, y)
+    assert clone.metrics() == model.metrics()
+    assert clone.weight_online == model.weight_online
+
+
+def test_deterministic_for_a_seed():
+    a, b = ChurnBlend(seed=5), ChurnBlend(seed=5)
+    for x, p, y in _stream(600, 2, change_at=300):
+        assert a.learn(x, p, y) == b.learn(x, p, y)
+        assert a.predict(x, p) == b.predict(x, p)
+    assert a.metrics() == b.metrics() and a.drifts == b.drifts
+
+
+def test_trusts_a_calibrated_onnx_model():
+    """When ONNX is the true model, the mixture keeps most weight on it."""
+    model = ChurnBlend()
+    for x, p, y in _stream(3000, 4):
+        model.learn(x, p, y)
+    assert model.weight_online < 0.5
+    assert model.drifts == 0
+    m = model.metrics()
+    assert abs(m["roc_auc_blend"] - m["roc_auc_onnx"]) < 0.02
+
+
+def test_planted_drift_shifts_the_blend_online_and_beats_onnx():
+    model = ChurnBlend()
+    change = 3000
+    after_blend, after_onnx = metrics.ROCAUC(), metrics.ROCAUC()
+    drift_at = []
+    for i, (x, p, y) in enumerate(_stream(6000, 1, change_at=change)):
+        if i >= change:
+            after_blend.update(y, model.predict(x, p))
+            after_onnx.update(y, p)
+        if model.learn(x, p, y):
+            drift_at.append(i)
+            assert model.weight_online >= model.drift_weight
+    assert drift_at and all(i >= change for i in drift_at)
+    assert drift_at[0] < change + 300
+    assert model.drifts == len(drift_at)
+    assert model.weight_online > 0.9
+    assert after_blend.get() > after_onnx.get() + 0.3
+    m = model.metrics()
+    assert m["roc_auc_blend"] > m["roc_auc_onnx"]
+    assert m["log_loss_blend"] < m["log_loss_onnx"]
+
+
+def test_improvements_are_not_counted_as_drift():
+    """ADWIN also flags a falling loss; only a rising one shifts the blend."""
+    model = ChurnBlend(min_labels=10_000)  # the blend is ONNX alone: its loss is ONNX's
+    detector = drift.ADWIN(delta=model.drift_delta)
+    flagged = 0
+    for p_onnx in [0.9] * 400 + [0.02] * 400:  # ONNX confidently wrong, then right
+        assert not model.learn({"f1": 0.0}, p_onnx, False)
+        detector.update(-math.log(1 - p_onnx))
+        flagged += detector.drift_detected
+    assert flagged > 0  # the same losses do make ADWIN fire
+    assert model.drifts == 0
+
+
+def test_metrics_keys():
+    assert set(ChurnBlend().metrics()) == {
+        "roc_auc_blend",
+        "roc_auc_onnx",
+        "log_loss_blend",
+        "log_loss_onnx",
+    }
+
+
+def test_rejects_bad_config():
+    with pytest.raises(ValueError):
+        ChurnBlend(drift_weight=1.0)
+    with pytest.raises(ValueError):
+        ChurnBlend(window=0)
