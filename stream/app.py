@@ -30,8 +30,10 @@ from stream.ingest import BatchResult, RawMessage, apply_clean, clean_message
 from stream.kafka_compat import install as install_kafka_compat
 from stream.metrics import Metrics
 from stream.ordering import EventTimeAligner
+from stream.scoring.engine import UserInput
+from stream.serving import Serving
 from stream.settings import Settings
-from stream.topics import CLOCK, DLQ
+from stream.topics import CLOCK, DLQ, OUTPUT_TOPICS
 
 __all__ = ["ShopscoreApp", "create_app"]
 
@@ -130,7 +132,12 @@ class ShopscoreApp:
             registry=self.metrics.registry,
             name_prefix="shopscore_faust",
         )
-        self.inputs = self.app.topic(*(settings.topic(t) for t in INPUT_TOPICS))
+        # The clock travels with the input topics through one agent and the event-time
+        # aligner, so a tick at T is handled only after the partition's events up to T.
+        self.inputs = self.app.topic(
+            *(settings.topic(t) for t in INPUT_TOPICS), settings.topic(CLOCK)
+        )
+        self._clock_name = settings.topic(CLOCK)
         self.input_topics = {
             settings.topic(t): self.app.topic(settings.topic(t)) for t in INPUT_TOPICS
         }
@@ -158,13 +165,41 @@ class ShopscoreApp:
         )
         self.users.value_serializer = "shopscore_state"
         self._contract_name = {settings.topic(t): t for t in INPUT_TOPICS}
-        self.clock_topic = self.app.topic(settings.topic(CLOCK))
         self.clock = self.app.Table(
             "clock",
             partitions=settings.partitions,
             key_type=bytes,
             value_type=int,
             help="Latest event time announced on each clock partition (design notes, Clock).",
+        )
+        # Scoring state beside the features (``stream.scoring.state``): per user, and the
+        # online learners per partition (key: the partition number).
+        self.scores = self.app.Table(
+            "scores",
+            partitions=settings.partitions,
+            key_type=bytes,
+            value_type=bytes,
+            help="Per-user latest scores and predictions awaiting their labels.",
+        )
+        self.learners = self.app.Table(
+            "learners",
+            partitions=settings.partitions,
+            key_type=bytes,
+            value_type=bytes,
+            help="The online learners of each partition (River), checkpointed.",
+        )
+        self.outputs = {t: self.app.topic(settings.topic(t)) for t in OUTPUT_TOPICS}
+        self._partition_event: dict[int, EventT] = {}
+        self.serving = Serving(
+            settings,
+            self.metrics,
+            users=self.users,
+            scores=self.scores,
+            learners=self.learners,
+            send=lambda topic, key, value: self.outputs[topic].send_soon(
+                key=key.encode(), value=value
+            ),
+            acting_as=lambda partition: _acting_as(self._partition_event[partition]),
         )
         self.first_event_monotonic: float | None = None
         self.aligner: EventTimeAligner[Any] = EventTimeAligner(
@@ -224,11 +259,13 @@ class ShopscoreApp:
     ) -> None:
         """Apply the events the aligner releases, write states, publish, count, then ack."""
         metrics = self.metrics
-        items = (
+        released = (
             self.aligner.drain()
             if drain
             else self.aligner.release(self._caught_up, time.monotonic())
         )
+        items = [item for item in released if item[1] is not None]
+        ticks = [(event, ts) for event, msg, ts in released if msg is None]
         apply_clean(
             items,
             lambda user_id: self.users.get(user_id.encode()),
@@ -239,6 +276,9 @@ class ShopscoreApp:
         for user_id, event in result.touched.items():
             with _acting_as(event):
                 self.users[user_id.encode()] = result.states[user_id]
+        await self._score_applied(result)
+        for event, ts in ticks:
+            await self._advance_clock(event, ts)
         for key, record in result.dead_letters:
             self.dlq.send_soon(key=key, value=orjson.dumps(record))
         if result.dead_letters:
@@ -262,11 +302,89 @@ class ShopscoreApp:
             metrics.applied.labels(TOPIC_OF_KIND[kind]).inc(n)
         metrics.held.set(len(self.aligner))
         now_s = time.time()
+        for event, _ts in ticks:
+            self._done.add(id(event))
         for event, _msg, _clean in items:
             self._done.add(id(event))
             if event.message.timestamp > 0:  # Kafka record timestamp: when the event arrived
                 metrics.ingest_latency.observe(max(0.0, now_s - event.message.timestamp))
         await self._flush_acks()
+
+    async def _score_applied(self, result: BatchResult) -> None:
+        """Score every user with newly applied events, once per batch (their last event is
+        the trigger), before the batch's events are acked."""
+        if not result.applied:
+            return
+        events: dict[str, list[Any]] = {}
+        for event in result.applied:
+            events.setdefault(event.user_id, []).append(event)
+        users: list[UserInput] = []
+        arrived: dict[str, float] = {}
+        for user_id, applied in events.items():
+            ref = result.touched[user_id]
+            partition = ref.message.partition
+            self._partition_event[partition] = ref
+            applied.sort(key=lambda e: e.ts)
+            state = result.states[user_id]
+            users.append(
+                UserInput(
+                    user_id,
+                    partition,
+                    state,
+                    self.serving.user_scores(user_id),
+                    applied,
+                    state.max_ts or applied[-1].ts,
+                    applied[-1].event_id,
+                )
+            )
+            arrived[user_id] = ref.message.timestamp
+        await self.serving.score(users, churn_only=False, arrived=arrived)
+
+    def _hold_tick(self, event: EventT, wall: float) -> None:
+        """A clock message joins the aligner (it holds nothing back itself)."""
+        try:
+            ts = int(orjson.loads(event.message.value)["ts"])
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring malformed clock message %r: %s", event.message.value, exc)
+            self._done.add(id(event))
+            return
+        self.aligner.push(
+            CLOCK,
+            event.message.partition,
+            ts=ts,
+            item=(event, None, ts),
+            now=wall,
+            fetched_ms=self._fetched_ms(event.message.tp),
+        )
+
+    async def _advance_clock(self, event: EventT, ts: int) -> None:
+        partition = event.message.partition
+        key = str(partition).encode()
+        if ts <= self.clock.get(key, 0):
+            return
+        with _acting_as(event):
+            self.clock[key] = ts
+        self._partition_event[partition] = event
+        n = await self.rescore_idle(partition, ts)
+        log.info("clock %d on partition %d: %d idle users re-scored", ts, partition, n)
+
+    async def rescore_idle(self, partition: int, at_ms: int, chunk: int = 1000) -> int:
+        """Clock: re-score, for churn at ``at_ms``, every user of ``partition`` whose newest
+        event is older (their risk rises while they stay away)."""
+        idle: list[UserInput] = []
+        scored = 0
+        for key, state in list(self.users.items()):
+            user_id = key.decode()
+            if (state.max_ts or 0) >= at_ms or not self._owns(user_id, partition):
+                continue
+            scores = self.serving.user_scores(user_id)
+            idle.append(UserInput(user_id, partition, state, scores, [], at_ms, "clock"))
+            if len(idle) >= chunk:
+                await self.serving.score(idle, churn_only=True)
+                scored += len(idle)
+                idle = []
+        await self.serving.score(idle, churn_only=True)
+        return scored + len(idle)
 
     async def _flush_acks(self) -> None:
         """Ack each partition's messages in offset order, up to the first one still held.
@@ -308,6 +426,9 @@ class ShopscoreApp:
                     # reference outlives take_events' own ack of the batch.
                     message.incref()
                     self._ack_queues[message.tp].append(event)
+                    if message.topic == self._clock_name:
+                        self._hold_tick(event, wall)
+                        continue
                     msg = RawMessage(
                         contract[message.topic],
                         message.partition,
@@ -336,19 +457,6 @@ class ShopscoreApp:
 
         self.app.agent(self.inputs, name="shopscore.ingest")(ingest)
 
-        async def advance_clock(stream: faust.StreamT) -> None:
-            async for event in stream.events():
-                try:
-                    ts = int(orjson.loads(event.message.value)["ts"])
-                except (ValueError, KeyError, TypeError) as exc:
-                    log.warning("ignoring malformed clock message %r: %s", event.message.value, exc)
-                    continue
-                key = str(event.message.partition).encode()
-                if ts > self.clock.get(key, 0):
-                    self.clock[key] = ts
-
-        self.app.agent(self.clock_topic, name="shopscore.clock")(advance_clock)
-
     def clock_ms(self) -> int | None:
         """The event time announced by the clock topic on this worker's partitions, if any."""
         return max(self.clock.values(), default=None)
@@ -370,6 +478,7 @@ class ShopscoreApp:
             # Held events of revoked partitions are not applied here: they are uncommitted,
             # so their new owner reads them again.
             dropped = self.aligner.forget_partitions({tp.partition for tp in revoked})
+            self.serving.forget({tp.partition for tp in revoked})
             for tp in revoked:
                 for event in self._ack_queues.pop(tp, ()):
                     self._done.discard(id(event))
@@ -398,6 +507,14 @@ class ShopscoreApp:
                 metrics.lag.labels(name, partition).set(value)
 
         self.app.timer(1.0, name="shopscore.refresh_gauges")(refresh_gauges)
+
+        async def watch_models() -> None:
+            await self.serving.maybe_swap_models()
+
+        if self.settings.model_dir is not None:
+            self.app.timer(self.settings.model_poll_ms / 1000, name="shopscore.models")(
+                watch_models
+            )
 
     # -- web --------------------------------------------------------------------------------
 
@@ -439,7 +556,8 @@ class ShopscoreApp:
             if state is None:
                 return web.json({"error": "unknown user", "user_id": user_id}, status=404)
             body = describe(state, self.clock_ms(), self.features)
-            return web.json({"user_id": user_id, **body, "scores": {}})
+            scores = self.serving.user_scores(user_id).latest
+            return web.json({"user_id": user_id, **body, "scores": scores})
 
 
 def create_app(settings: Settings) -> ShopscoreApp:

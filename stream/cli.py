@@ -236,6 +236,120 @@ def dump(obj: _Context, topic: str, latest_per_key: bool, out: Path | None) -> N
             sink.flush()
 
 
+@cli.command()
+@click.option(
+    "--data", "log", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+    help="Event log: JSONL (as `generate` writes) or Parquet.",
+)  # fmt: skip
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--models", "names", default="churn,purchase_power,interest,cart_recs",
+              show_default=True, help="Comma-separated models to train.")  # fmt: skip
+@click.option("--epochs", type=int, default=25, show_default=True, help="At most (early stop).")
+@click.option("--churn-horizon-days", type=float, default=30.0, show_default=True)
+@click.option("--threads", type=int, default=2, show_default=True, help="TensorFlow threads.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def train(log: Path, out: Path, names: str, epochs: int, churn_horizon_days: float,
+          threads: int, seed: int) -> None:  # fmt: skip
+    """Train the Keras models from an event log and evaluate them on its later period.
+
+    Needs the train extra (pip install 'shopscore[train]'). Progress goes to stderr; the
+    held-out metrics next to their baselines are printed as JSON and written beside each model.
+    """
+    from offline_train.backend import keras_backend
+
+    try:
+        keras_backend(threads, seed)  # fail fast, before reading a large log
+        from offline_train.dataset import DatasetConfig
+        from offline_train.train import MODEL_NAMES, TrainConfig
+        from offline_train.train import train as run_training
+
+        wanted = tuple(n.strip() for n in names.split(",") if n.strip())
+        unknown = sorted(set(wanted) - set(MODEL_NAMES))
+        if unknown:
+            raise ConfigError(f"unknown model(s) {unknown}; choose from {list(MODEL_NAMES)}")
+        config = TrainConfig(
+            dataset=DatasetConfig(churn_horizon_days=churn_horizon_days, seed=seed),
+            epochs=epochs,
+            threads=threads,
+            seed=seed,
+        )
+        reports = run_training(
+            log, out, config, echo=lambda line: click.echo(line, err=True), names=wanted
+        )
+    except ShopscoreError as exc:
+        _fail(exc)
+    click.echo(json.dumps(reports, indent=2))
+
+
+@cli.command(name="export")
+@click.option("--models", "models_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              required=True, help="What `shopscore train --out` wrote.")  # fmt: skip
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Where NAME.onnx + NAME.json go (stream/models/shipped to ship them).")  # fmt: skip
+@click.option("--threads", type=int, default=2, show_default=True)
+def export_models(models_dir: Path, out: Path, threads: int) -> None:
+    """Convert trained models to ONNX, check parity with Keras, write manifests."""
+    from offline_train.backend import keras_backend
+
+    try:
+        keras_backend(threads)
+        from exporters.onnx_export import export_all
+
+        manifests = export_all(models_dir, out, echo=lambda line: click.echo(line, err=True),
+                               threads=threads)  # fmt: skip
+    except ShopscoreError as exc:
+        _fail(exc)
+    click.echo(json.dumps({n: {"version": m["version"], "parity": m["parity"],
+                                "timing_batch_1000_ms": m["timing_batch_1000_ms"]}
+                           for n, m in manifests.items()}, indent=2))  # fmt: skip
+
+
+@cli.command()
+@click.option("--events", type=int, help="Events for the throughput phases [100000].")
+@click.option("--users", type=int, help="Users in state for RSS/recovery, scaled to 100k [100000].")
+@click.option("--rate", type=float, help="Input rate of the latency phase, events/s [2000].")
+@click.option("--latency-s", type=float, help="Duration of the latency phase, seconds [10].")
+@click.option("--seed", type=int, help="Seed of the generated events [1].")
+@click.option("--quick", is_flag=True, help="Tiny sizes (CI: proves the command, < 60 s).")
+@click.option("--json", "as_json", is_flag=True, help="Print only the JSON report.")
+@click.pass_obj
+def bench(obj: _Context, quick: bool, as_json: bool, **sizes: Any) -> None:
+    """Measure throughput, latency percentiles, memory and recovery; print JSON.
+
+    Against the embedded broker unless SHOPSCORE_BROKER is set. Progress goes to stderr.
+    """
+    import dataclasses
+
+    from stream.bench import BenchOptions, run_bench
+
+    options = BenchOptions.quick() if quick else BenchOptions()
+    options = dataclasses.replace(options, **{k: v for k, v in sizes.items() if v is not None})
+    try:
+        report = run_bench(obj.settings(), options)
+    except ShopscoreError as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    lat = report["latency_ms"]
+    lines = [
+        ("throughput (full scoring path)", f"{report['throughput_eps']:,.0f} events/s"),
+        ("bare Faust forwarder", f"{report['bare_throughput_eps']:,.0f} events/s"),
+        ("ratio to bare", f"{report['ratio_to_bare']:.2f}"),
+        (f"latency at {lat['rate_eps']:,.0f} events/s",
+         f"p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, p99 {lat['p99']:.0f} ms, "
+         f"max {lat['max']:.0f} ms"),
+        ("worker RSS per 100,000 users", f"{report['rss_mb_per_100k_users']:,.0f} MB"),
+        ("state per user", f"{report['state_bytes_per_user']:,.0f} bytes"),
+        ("recovery per 100,000 users", f"{report['recovery_s_per_100k_users']:.1f} s"),
+    ]  # fmt: skip
+    for name, value in lines:
+        click.echo(f"{name:<34} {value}")
+    if report["scaled_to_100k"]:
+        click.echo(f"(memory and recovery measured with {report['measured_users']:,} users, "
+                   "scaled; --json for everything)")  # fmt: skip
+
+
 def _raise_interrupt(signum: int, frame: Any) -> None:
     """SIGTERM behaves like Ctrl-C: unwind through ``finally`` blocks that stop children."""
     raise KeyboardInterrupt

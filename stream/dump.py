@@ -45,6 +45,7 @@ async def read_topic(settings: Settings, topic: str) -> AsyncIterator[dict[str, 
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        **settings.kafka_client_options(),
     )
     try:
         await consumer.start()

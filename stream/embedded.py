@@ -55,6 +55,7 @@ class WorkerCounts:
     rejected: dict[str, float] = field(default_factory=dict)
     duplicates: float = 0
     produced: float = 0
+    produced_by_topic: dict[str, float] = field(default_factory=dict)
     lag: float = 0
     users: float = 0
 
@@ -80,6 +81,10 @@ def read_worker_metrics(url: str, timeout: float = 2.0) -> WorkerCounts:
                 counts.duplicates += sample.value
             elif sample.name == "shopscore_messages_produced_total":
                 counts.produced += sample.value
+                topic = sample.labels["topic"]
+                counts.produced_by_topic[topic] = (
+                    counts.produced_by_topic.get(topic, 0) + sample.value
+                )
             elif sample.name == "shopscore_consumer_lag_messages":
                 counts.lag += sample.value
             elif sample.name == "shopscore_table_users":
@@ -283,6 +288,9 @@ async def _stream(
         "rejected": {k: int(v) for k, v in sorted(counts.rejected.items())},
         "duplicates": int(counts.duplicates),
         "messages_out": int(counts.produced),
+        "messages_out_by_topic": {
+            k: int(v) for k, v in sorted(counts.produced_by_topic.items()) if v
+        },
         "users": int(counts.users),
         "replay_events_per_s": replay.as_dict()["events_per_s"],
         "_first_event_s": round(first_event_s, 2) if first_event_s is not None else None,

@@ -5,8 +5,11 @@ from __future__ import annotations
 __all__ = [
     "BrokerError",
     "ConfigError",
+    "ExportError",
+    "ModelError",
     "Rejected",
     "ShopscoreError",
+    "TrainingError",
 ]
 
 
@@ -20,6 +23,19 @@ class ConfigError(ShopscoreError):
 
 class BrokerError(ShopscoreError):
     """The Kafka broker cannot be started or reached."""
+
+
+class ModelError(ShopscoreError):
+    """A shipped or configured ONNX model cannot be used (missing, corrupt, or trained on
+    another feature schema); the message says to retrain (``shopscore train`` + ``export``)."""
+
+
+class TrainingError(ShopscoreError):
+    """Offline training cannot run: the ``train`` extra is missing or the log is unusable."""
+
+
+class ExportError(ShopscoreError):
+    """Keras → ONNX export failed, or ONNX outputs differ from Keras beyond the tolerance."""
 
 
 class Rejected(ShopscoreError):

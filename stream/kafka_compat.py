@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -31,14 +32,26 @@ async def true_end_offsets(
     listed = await consumer.end_offsets(tps)
     if not any(listed.values()):
         return dict(listed)
-    servers = consumer._client._bootstrap_servers
+    client = consumer._client
+    servers = client._bootstrap_servers
+    # The probe connects like the consumer it corrects (SASL/TLS on a secured cluster).
+    security = {
+        "security_protocol": client._security_protocol,
+        "ssl_context": client._ssl_context,
+        "sasl_mechanism": client._sasl_mechanism,
+        "sasl_plain_username": client._sasl_plain_username,
+        "sasl_plain_password": client._sasl_plain_password,
+    }
     return await asyncio.get_running_loop().run_in_executor(
-        None, lambda: asyncio.run(_probe(servers, dict(listed), timeout))
+        None, lambda: asyncio.run(_probe(servers, dict(listed), timeout, security))
     )
 
 
 async def _probe(
-    servers: str, listed: dict[TopicPartition, int], timeout: float
+    servers: str,
+    listed: dict[TopicPartition, int],
+    timeout: float,
+    security: Mapping[str, Any] | None = None,
 ) -> dict[TopicPartition, int]:
     nonempty = [tp for tp, end in listed.items() if end > 0]
     probe = AIOKafkaConsumer(
@@ -46,6 +59,7 @@ async def _probe(
         client_id="shopscore-end-offsets",
         group_id=None,
         enable_auto_commit=False,
+        **(security or {}),
     )
     await probe.start()
     try:

@@ -196,6 +196,12 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.model_rejected = Counter(
+            "shopscore_model_rejected_total",
+            "New model sets refused at a hot swap (corrupt, or another feature schema); the "
+            "previous models kept serving.",
+            registry=r,
+        )
 
         # -- online learning (filled by the River learners) ---------------------------------
         self.online_metric = Gauge(

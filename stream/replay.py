@@ -217,6 +217,7 @@ def _producer(settings: Settings) -> AIOKafkaProducer:
         linger_ms=0,
         max_batch_size=256 * 1024,
         acks=1,
+        **settings.kafka_client_options(),
     )
 
 

@@ -9,16 +9,28 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import socket
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stream.errors import ConfigError
 from stream.features.profile import ProfileConfig
 from stream.features.state import FeatureConfig
 
-__all__ = ["ENV_PREFIX", "Limits", "Settings", "parse_duration_ms"]
+if TYPE_CHECKING:
+    from stream.scoring.engine import ScoringConfig
+
+__all__ = [
+    "ENV_PREFIX",
+    "SASL_MECHANISMS",
+    "SECURITY_PROTOCOLS",
+    "Limits",
+    "Settings",
+    "parse_duration_ms",
+]
 
 ENV_PREFIX = "SHOPSCORE_"
 
@@ -91,6 +103,33 @@ def _level(text: str) -> str:
     return "warn" if value == "warning" else value
 
 
+#: Kafka client security, as Kafka's own ``security.protocol`` / ``sasl.mechanism`` name them.
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def _security_protocol(text: str) -> str:
+    value = text.strip().upper()
+    if value not in SECURITY_PROTOCOLS:
+        raise ValueError(f"must be one of {', '.join(SECURITY_PROTOCOLS)}")
+    return value
+
+
+def _sasl_mechanism(text: str) -> str:
+    value = text.strip().upper()
+    if value not in SASL_MECHANISMS:
+        raise ValueError(f"must be one of {', '.join(SASL_MECHANISMS)}")
+    return value
+
+
+def _optional_path(text: str) -> Path | None:
+    return Path(text) if text.strip() else None
+
+
+def _optional_str(text: str) -> str | None:
+    return text if text.strip() else None
+
+
 def _float(text: str) -> float:
     value = float(text)
     if value != value or value < 0:
@@ -109,9 +148,11 @@ class Settings:
     app_id: str = "shopscore"
     topic_prefix: str = ""
     partitions: int = 4
+    replication_factor: int = 1
     store: str = "memory://"
     web_host: str = "127.0.0.1"
     web_port: int = 6066
+    web_advertised_host: str | None = None
     data_dir: Path = Path(".shopscore")
     log_level: str = "info"
     rebalance_timeout_ms: int = 3_000
@@ -124,6 +165,30 @@ class Settings:
     session_gap_ms: int = 1_800_000
     align_max_hold_ms: int = 10_000
     limits: Limits = field(default_factory=Limits)
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    #: ONNX models (``NAME.onnx`` + ``NAME.json``); None = the ones shipped in the package.
+    model_dir: Path | None = None
+    model_poll_ms: int = 5_000
+    churn_horizon_ms: int = 30 * 86_400_000
+    offer_window_ms: int = 7 * 86_400_000
+
+    def __post_init__(self) -> None:
+        sasl = self.security_protocol.startswith("SASL_")
+        if sasl and not (self.sasl_username and self.sasl_password):
+            raise ConfigError(
+                f"SHOPSCORE_BROKER_SECURITY_PROTOCOL={self.security_protocol} needs "
+                "SHOPSCORE_SASL_USERNAME and SHOPSCORE_SASL_PASSWORD"
+            )
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ConfigError(
+                "SHOPSCORE_SSL_KEYFILE needs SHOPSCORE_SSL_CERTFILE (the client certificate)"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -172,8 +237,79 @@ class Settings:
             profile=ProfileConfig(session_gap_ms=self.session_gap_ms),
         )
 
+    def scoring_config(self) -> ScoringConfig:
+        """The scoring engine's knobs (the feature core's included)."""
+        from stream.scoring.engine import ScoringConfig
+
+        return ScoringConfig(
+            churn_horizon_ms=self.churn_horizon_ms,
+            offer_window_ms=self.offer_window_ms,
+            offer_cooldown_ms=self.offer_window_ms,
+            features=self.feature_config(),
+        )
+
     def with_broker(self, broker: str) -> Settings:
         return dataclasses.replace(self, broker=broker)
+
+    def advertised_web_host(self) -> str:
+        """The host other workers use to reach this worker's HTTP server (Faust's table routing).
+
+        ``SHOPSCORE_WEB_ADVERTISED_HOST`` if set; else the bind host, unless that is a wildcard
+        (``0.0.0.0`` in a container), where the machine's host name is what peers can resolve.
+        """
+        if self.web_advertised_host:
+            return self.web_advertised_host
+        if self.web_host in ("0.0.0.0", "::", ""):
+            return socket.gethostname()
+        return self.web_host
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context of every Kafka client, or ``None`` when the protocol has no TLS."""
+        if self.security_protocol not in ("SSL", "SASL_SSL"):
+            return None
+        try:
+            context = ssl.create_default_context(
+                cafile=str(self.ssl_cafile) if self.ssl_cafile else None
+            )
+            if self.ssl_certfile is not None:
+                context.load_cert_chain(
+                    str(self.ssl_certfile), str(self.ssl_keyfile) if self.ssl_keyfile else None
+                )
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"cannot load the TLS files (SHOPSCORE_SSL_CAFILE / _CERTFILE / _KEYFILE): {exc}"
+            ) from None
+        return context
+
+    def kafka_client_options(self) -> dict[str, Any]:
+        """Security keyword arguments for aiokafka clients; empty for ``PLAINTEXT``.
+
+        >>> Settings().kafka_client_options()
+        {}
+        >>> Settings(security_protocol="SASL_PLAINTEXT", sasl_mechanism="SCRAM-SHA-512",
+        ...          sasl_username="svc", sasl_password="pw").kafka_client_options()
+        {'security_protocol': 'SASL_PLAINTEXT', 'sasl_mechanism': 'SCRAM-SHA-512', 'sasl_plain_username': 'svc', 'sasl_plain_password': 'pw'}
+        """
+        if self.security_protocol == "PLAINTEXT":
+            return {}
+        options: dict[str, Any] = {"security_protocol": self.security_protocol}
+        context = self.ssl_context()
+        if context is not None:
+            options["ssl_context"] = context
+        if self.security_protocol.startswith("SASL_"):
+            options.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password,
+            )
+        return options
+
+    @classmethod
+    def env_names(cls) -> frozenset[str]:
+        """Every ``SHOPSCORE_*`` variable this module reads (deployment files are checked
+        against it)."""
+        suffixes = [suffix for suffix, _ in (*_SETTINGS_ENV.values(), *_LIMITS_ENV.values())]
+        return frozenset(ENV_PREFIX + suffix for suffix in suffixes)
 
     def bootstrap_servers(self) -> str:
         """aiokafka's ``host:port,host:port`` form of :attr:`broker`."""
@@ -212,6 +348,7 @@ _SETTINGS_ENV: dict[str, tuple[str, Any]] = {
     "app_id": ("APP_ID", str),
     "topic_prefix": ("TOPIC_PREFIX", str),
     "partitions": ("PARTITIONS", _positive_int),
+    "replication_factor": ("REPLICATION_FACTOR", _positive_int),
     "store": ("STORE", _store),
     "web_host": ("WEB_HOST", str),
     "web_port": ("WEB_PORT", _positive_int),
@@ -226,6 +363,18 @@ _SETTINGS_ENV: dict[str, tuple[str, Any]] = {
     "allowed_lateness_ms": ("ALLOWED_LATENESS", parse_duration_ms),
     "session_gap_ms": ("SESSION_GAP", parse_duration_ms),
     "align_max_hold_ms": ("ALIGN_MAX_HOLD", parse_duration_ms),
+    "web_advertised_host": ("WEB_ADVERTISED_HOST", _optional_str),
+    "security_protocol": ("BROKER_SECURITY_PROTOCOL", _security_protocol),
+    "sasl_mechanism": ("SASL_MECHANISM", _sasl_mechanism),
+    "sasl_username": ("SASL_USERNAME", _optional_str),
+    "sasl_password": ("SASL_PASSWORD", _optional_str),
+    "ssl_cafile": ("SSL_CAFILE", _optional_path),
+    "ssl_certfile": ("SSL_CERTFILE", _optional_path),
+    "ssl_keyfile": ("SSL_KEYFILE", _optional_path),
+    "model_dir": ("MODEL_DIR", _optional_path),
+    "model_poll_ms": ("MODEL_POLL", parse_duration_ms),
+    "churn_horizon_ms": ("CHURN_HORIZON", parse_duration_ms),
+    "offer_window_ms": ("OFFER_WINDOW", parse_duration_ms),
 }
 
 _LIMITS_ENV: dict[str, tuple[str, Any]] = {

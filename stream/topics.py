@@ -57,7 +57,9 @@ async def ensure_topics(settings: Settings, names: tuple[str, ...] = ALL_TOPICS)
     """
     check_reachable(settings)
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap_servers(), client_id="shopscore-admin"
+        bootstrap_servers=settings.bootstrap_servers(),
+        client_id="shopscore-admin",
+        **settings.kafka_client_options(),
     )
     try:
         await admin.start()
@@ -66,7 +68,10 @@ async def ensure_topics(settings: Settings, names: tuple[str, ...] = ALL_TOPICS)
         if wanted:
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(
-                    [NewTopic(name, settings.partitions, 1) for name in wanted]
+                    [
+                        NewTopic(name, settings.partitions, settings.replication_factor)
+                        for name in wanted
+                    ]
                 )
             # Metadata propagates asynchronously on some brokers; wait until all are listed.
             for _ in range(50):

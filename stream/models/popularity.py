@@ -1,0 +1,148 @@
+"""Shop-wide item popularity on event time: the recommender's candidate source and its baseline.
+
+Popularity is a decayed count of cart adds and ordered lines (half-life 7 days by default), so
+a shop's changing favourites show within days. All items decay at the same rate, so ranking
+never needs the decay applied: each count is stored scaled by ``2 ** ((ts - t0) / half_life)``
+and only read values are decayed back to ``now``. Offline training and the scoring agents feed
+it the same events (``observe``), in event-time order.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from collections.abc import Collection
+
+from stream.events import CartChange, Event, Order
+
+__all__ = ["ItemPopularity"]
+
+_REBASE = 2.0**40  # rebase the scale before floats lose precision
+_TOP = 64  # ranked items kept per category and shop-wide, so ``top`` needs no scan
+
+
+class ItemPopularity:
+    """Decayed add/order counts per item, with each item's category.
+
+    >>> from stream.events import CartChange
+    >>> pop = ItemPopularity()
+    >>> for n, item in enumerate(["a", "b", "b"]):
+    ...     pop.observe(CartChange(f"e{n}", "u", 1_000 * n, item, "add", category="books"))
+    >>> pop.top(2), pop.category_of("a"), round(pop.category_total("books"), 3)
+    (['b', 'a'], 'books', 3.0)
+    """
+
+    def __init__(self, half_life_ms: int = 7 * 86_400_000) -> None:
+        self.half_life_ms = half_life_ms
+        self._t0: int | None = None
+        self._now: int | None = None
+        self._scaled: dict[str, float] = {}
+        self._category: dict[str, str] = {}
+        self._by_category: dict[str, dict[str, float]] = {}
+        self._category_scaled: dict[str, float] = {}
+        #: Ranked heads (``_TOP`` items) per category and shop-wide (key ``None``). Scaled
+        #: counts only grow, so an item can only enter a head by its own increase.
+        self._heads: dict[str | None, list[str]] = {}
+
+    def __repr__(self) -> str:
+        return f"ItemPopularity(half_life_ms={self.half_life_ms})"
+
+    def observe(self, event: Event) -> None:
+        """Count a cart add (by quantity) or each line of an order; clicks only teach the
+        item's category."""
+        if isinstance(event, CartChange):
+            if event.action == "add":
+                self._add(event.item_id, event.category, float(event.quantity), event.ts)
+            else:
+                self._category.setdefault(event.item_id, event.category)
+        elif isinstance(event, Order):
+            for line in event.items:
+                self._add(line.item_id, line.category, float(line.quantity), event.ts)
+        else:
+            self._category.setdefault(event.item_id, event.category)
+
+    def _add(self, item: str, category: str, amount: float, ts: int) -> None:
+        if self._t0 is None:
+            self._t0 = ts
+        if self._now is None or ts > self._now:
+            self._now = ts
+        weight = 2.0 ** ((ts - self._t0) / self.half_life_ms)
+        if weight > _REBASE:
+            self._rebase(ts)
+            weight = 1.0
+        value = amount * weight
+        previous = self._category.get(item)
+        if previous is not None and previous != category:  # an item moved category
+            self._category_scaled[previous] -= self._by_category[previous].pop(item, 0.0)
+            carried = self._scaled.get(item, 0.0)
+            self._by_category.setdefault(category, {})[item] = carried
+            self._category_scaled[category] = self._category_scaled.get(category, 0.0) + carried
+            self._heads.pop(previous, None)
+            self._heads.pop(category, None)
+        self._category[item] = category
+        self._scaled[item] = self._scaled.get(item, 0.0) + value
+        bucket = self._by_category.setdefault(category, {})
+        bucket[item] = bucket.get(item, 0.0) + value
+        self._category_scaled[category] = self._category_scaled.get(category, 0.0) + value
+        for key in (None, category):
+            head = self._heads.get(key)
+            if head is not None:
+                self._promote(head, item)
+
+    def _rank(self, item: str) -> tuple[float, str]:
+        return (-self._scaled.get(item, 0.0), item)
+
+    def _promote(self, head: list[str], item: str) -> None:
+        """Keep ``head`` the exact top ``_TOP`` after ``item``'s count grew."""
+        if item in head:
+            head.remove(item)
+        elif len(head) >= _TOP and self._rank(item) > self._rank(head[-1]):
+            return
+        bisect.insort(head, item, key=self._rank)
+        del head[_TOP:]
+
+    def _head(self, key: str | None) -> list[str]:
+        head = self._heads.get(key)
+        if head is None:
+            pool = self._scaled if key is None else self._by_category.get(key, {})
+            head = heapq.nsmallest(_TOP, (i for i, v in pool.items() if v > 0), key=self._rank)
+            self._heads[key] = head
+        return head
+
+    def _rebase(self, ts: int) -> None:
+        assert self._t0 is not None
+        factor = 2.0 ** (-(ts - self._t0) / self.half_life_ms)
+        self._scaled = {i: v * factor for i, v in self._scaled.items()}
+        self._by_category = {
+            c: {i: v * factor for i, v in items.items()} for c, items in self._by_category.items()
+        }
+        self._category_scaled = {c: v * factor for c, v in self._category_scaled.items()}
+        self._t0 = ts
+
+    def _decay(self) -> float:
+        if self._t0 is None or self._now is None:
+            return 1.0
+        return 2.0 ** (-(self._now - self._t0) / self.half_life_ms)
+
+    def category_of(self, item: str) -> str | None:
+        return self._category.get(item)
+
+    def score(self, item: str) -> float:
+        """The item's decayed count as of the newest observed event."""
+        return self._scaled.get(item, 0.0) * self._decay()
+
+    def category_total(self, category: str) -> float:
+        return max(self._category_scaled.get(category, 0.0) * self._decay(), 1e-12)
+
+    def top(
+        self, n: int, *, category: str | None = None, exclude: Collection[str] = ()
+    ) -> list[str]:
+        """The ``n`` most popular items (of ``category`` if given), ties by item id."""
+        if n + len(exclude) <= _TOP:
+            ranked = self._head(category)
+        else:
+            pool = self._scaled if category is None else self._by_category.get(category, {})
+            ranked = heapq.nsmallest(
+                n + len(exclude), (i for i, v in pool.items() if v > 0), key=self._rank
+            )
+        return [i for i in ranked if i not in exclude][:n]
