@@ -65,7 +65,7 @@ class DatasetConfig:
     validation_fraction: float = 0.3
     #: Caps on examples (sampled uniformly by a hash of the point), so training stays small.
     max_cutoff_rows: int = 150_000
-    max_interest_points: int = 120_000
+    max_interest_points: int = 300_000
     max_recs_points: int = 30_000
     seed: int = 0
     features: FeatureConfig = field(default_factory=FeatureConfig)

@@ -20,6 +20,7 @@ __all__ = [
     "FeatureNormalizer",
     "LogitShift",
     "MaskedMean",
+    "RecencyRankWeights",
     "ScaledSoftplus",
 ]
 
@@ -100,6 +101,25 @@ class CopyScores(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "buckets": self.buckets}
+
+
+@keras.saving.register_keras_serializable("shopscore")
+class RecencyRankWeights(keras.layers.Layer):
+    """Per-position weights from per-*rank* weights: the latest occurrence of each category
+    gets the weight of its recency rank among distinct categories (0 = the latest category,
+    1 = the one before it...), earlier repeats and padding get 0. With ``CopyScores`` this
+    lets the model rank "the last few different categories" the way the last-category
+    baseline does, and learn by how much to trust each rank in context."""
+
+    def call(self, ids: Any, rank_weights: Any) -> Any:
+        length = ids.shape[1]
+        later = np.triu(np.ones((length, length), np.float32), k=1)  # later[j, k] = k > j
+        same = ops.cast(ops.equal(ops.expand_dims(ids, 2), ops.expand_dims(ids, 1)), "float32")
+        repeated_later = ops.max(same * later, axis=2)
+        latest = (1.0 - repeated_later) * ops.cast(ops.not_equal(ids, 0), "float32")
+        rank = ops.sum(later * ops.expand_dims(latest, 1), axis=2)  # distinct ones after j
+        onehot = ops.one_hot(ops.cast(rank, "int32"), length, dtype="float32")
+        return latest * ops.sum(onehot * ops.expand_dims(rank_weights, 1), axis=2)
 
 
 @keras.saving.register_keras_serializable("shopscore")

@@ -19,6 +19,7 @@ from offline_train.layers import (
     FeatureNormalizer,
     LogitShift,
     MaskedMean,
+    RecencyRankWeights,
     ScaledSoftplus,
 )
 from stream.features import FEATURE_NAMES
@@ -89,30 +90,48 @@ def build_purchase_power(x_train: np.ndarray, scale: float) -> tuple[Any, Any]:
 
 
 def build_interest(x_train: np.ndarray) -> tuple[Any, Any]:
-    """A GRU over the last ``SEQ_LEN`` hashed categories (order matters: the latest actions
-    say most about the next one) joined with the shop-agnostic features (how active, how
-    focused, how deep into a session the user is). Its state scores the vocabulary directly
-    and also weighs each recent position (a small attention that copies recent categories),
-    so "what the user is doing right now" is built in and works on unseen catalogues."""
+    """Next category from the last ``SEQ_LEN`` hashed categories plus the shop-agnostic
+    features (how active, how focused, how deep into a session the user is).
+
+    A small attention block rather than a GRU: a context vector (mean and latest category
+    embeddings + features) weighs every recent *position* and every recency *rank* among the
+    distinct recent categories, and those weights are added to the logits of the categories
+    found there (``CopyScores``), next to a direct score of the whole vocabulary. Copying
+    recent categories is what the strong last-category baseline does; learning by how much to
+    trust each position and rank in context is how the model beats it, and it carries over to
+    categories never seen in training. A GRU variant scored the same within 0.001 but trained
+    three times slower (README, "Models").
+    """
     sequence = keras.Input((SEQ_LEN,), dtype="int32", name="categories")
     features = _features_input()
-    e = keras.layers.Embedding(CATEGORY_BUCKETS, 16, name="category_embedding")(sequence)
-    g = keras.layers.GRU(32, name="gru")(e)
+    embedded = keras.layers.Embedding(CATEGORY_BUCKETS, 16, name="category_embedding")(sequence)
+    latest = keras.layers.Embedding(CATEGORY_BUCKETS, 16, name="latest_embedding")(
+        Column(SEQ_LEN - 1, name="latest_category")(sequence)
+    )
+    bag = MaskedMean(name="recent_mean")(embedded, sequence)
     d = keras.layers.Dense(32, activation="relu")(
         _normalizer(x_train, AGNOSTIC_COLUMNS, "normalise")(features)
     )
     # A light L2 keeps the logits moderate: calibrated probabilities, and float32 rounding
     # differences between runtimes are not amplified past the 1e-5 export parity check.
     l2 = keras.regularizers.L2(1e-4)
-    h = keras.layers.Dense(64, activation="relu", kernel_regularizer=l2)(
-        keras.layers.Concatenate()([g, d])
+    h = keras.layers.Dense(64, activation="relu", kernel_regularizer=l2, name="context")(
+        keras.layers.Concatenate()([bag, latest, d])
     )
     vocabulary = keras.layers.Dense(
         CATEGORY_BUCKETS, name="vocabulary_logits", kernel_regularizer=l2
     )(h)
-    attention = keras.layers.Dense(SEQ_LEN, name="position_weights", kernel_regularizer=l2)(h)
-    copied = CopyScores(CATEGORY_BUCKETS, name="copy_logits")(sequence, attention)
-    logits = keras.layers.Add()([vocabulary, copied])
+    by_position = keras.layers.Dense(SEQ_LEN, name="position_weights", kernel_regularizer=l2)(h)
+    by_rank = keras.layers.Dense(SEQ_LEN, name="rank_weights", kernel_regularizer=l2)(h)
+    logits = keras.layers.Add(name="logits")(
+        [
+            vocabulary,
+            CopyScores(CATEGORY_BUCKETS, name="position_copy")(sequence, by_position),
+            CopyScores(CATEGORY_BUCKETS, name="rank_copy")(
+                sequence, RecencyRankWeights(name="rank_to_position")(sequence, by_rank)
+            ),
+        ]
+    )
     out = keras.layers.Activation("softmax", name="category_probabilities")(logits)
     model = keras.Model([sequence, features], out, name="interest")
     return model, model

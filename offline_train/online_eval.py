@@ -18,7 +18,7 @@ from stream.events import Event, Order
 from stream.features import FeatureConfig, UserState, apply_event
 from stream.features.state import Outcome
 from stream.models.registry import Model
-from stream.scoring.engine import Scorer, ScoringConfig, UserInput
+from stream.scoring.engine import DAY_MS, Scorer, ScoreResult, ScoringConfig, UserInput
 from stream.scoring.state import Learners, UserScores
 
 __all__ = ["ChurnRecord", "churn_records", "clean_log", "evaluate_log"]
@@ -48,8 +48,11 @@ def evaluate_log(
     config: ScoringConfig | None = None,
     batch_size: int = 500,
     churn_only: bool = True,
+    tick_ms: int | None = DAY_MS,
 ) -> OnlineRun:
-    """Score ``events`` (clean, in event-time order) as a single-partition worker would."""
+    """Score ``events`` (clean, in event-time order) as a single-partition worker would,
+    including its stream-time ticks: every ``tick_ms`` of event time, idle users are re-scored
+    (and their passed horizons resolved)."""
     config = config or ScoringConfig()
     features: FeatureConfig = config.features
     scorer = Scorer(models, config)
@@ -59,7 +62,39 @@ def evaluate_log(
     run = OnlineRun()
     batch: list[Event] = []
 
+    next_tick: list[int | None] = [None]
+
+    def tick(at_ms: int) -> None:
+        idle = [
+            UserInput(uid, 0, state, scores.setdefault(uid, UserScores()), [], at_ms, "clock")
+            for uid, state in states.items()
+            if (state.max_ts or 0) < at_ms
+        ]
+        collect(scorer.score(idle, lambda _p: learners, True))
+
+    def collect(result: ScoreResult) -> None:
+        for topic, _key, value in result.messages:
+            if topic == "scores.churn":
+                run.records.append(
+                    ChurnRecord(
+                        value["user_id"],
+                        value["ts"],
+                        value["churn_probability"],
+                        value["components"]["onnx"],
+                    )
+                )
+        for name, n in result.labels.items():
+            run.labels[name] = run.labels.get(name, 0) + n
+        run.drifts += len(result.drifts)
+
     def flush() -> None:
+        if tick_ms is not None and batch:
+            stream_time = max(e.ts for e in batch)
+            if next_tick[0] is None:
+                next_tick[0] = (batch[0].ts // tick_ms + 1) * tick_ms
+            while next_tick[0] <= stream_time:
+                tick(next_tick[0])
+                next_tick[0] += tick_ms
         touched: dict[str, list[Event]] = {}
         for event in batch:
             state = states.setdefault(event.user_id, UserState(event.user_id))
@@ -77,20 +112,7 @@ def evaluate_log(
             )
             for uid, evs in touched.items()
         ]
-        result = scorer.score(users, lambda _p: learners, churn_only)
-        for topic, _key, value in result.messages:
-            if topic == "scores.churn":
-                run.records.append(
-                    ChurnRecord(
-                        value["user_id"],
-                        value["ts"],
-                        value["churn_probability"],
-                        value["components"]["onnx"],
-                    )
-                )
-        for name, n in result.labels.items():
-            run.labels[name] = run.labels.get(name, 0) + n
-        run.drifts += len(result.drifts)
+        collect(scorer.score(users, lambda _p: learners, churn_only))
         batch.clear()
 
     for event in events:
@@ -128,3 +150,21 @@ def clean_log(path: str | Path) -> list[Event]:
     from offline_train.replay import clean_events
 
     return [e for e in clean_events(path, now_ms=None) if not isinstance(e, Exception)]
+
+
+def snapshot_records(
+    run: OnlineRun, at_ms: int, horizon_ms: int
+) -> list[tuple[ChurnRecord, bool]]:
+    """Each user's latest churn score at ``at_ms`` (what ``dump --latest-per-key`` shows after
+    ``replay --until``), with its label from the log's future."""
+    latest: dict[str, ChurnRecord] = {}
+    for record in run.records:
+        if record.ts <= at_ms:
+            latest[record.user_id] = record
+    out = []
+    for record in latest.values():
+        orders = run.orders.get(record.user_id, [])
+        i = bisect_right(orders, record.ts)
+        ordered = i < len(orders) and orders[i] <= record.ts + horizon_ms
+        out.append((record, not ordered))
+    return out

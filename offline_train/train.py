@@ -310,7 +310,8 @@ def _train_interest(keras, sets, config, directory, echo):  # type: ignore[no-un
     model, served = build_interest(s.features[tr])
     x = {"categories": s.sequence, "features": s.features}
     _fit(keras, model, _take(x, tr), s.label[tr], s.t[tr], name="interest",
-         loss="sparse_categorical_crossentropy", config=config, echo=echo)  # fmt: skip
+         loss="sparse_categorical_crossentropy", config=config, echo=echo,
+         batch_size=1024)  # fmt: skip
     popular = [bucket for bucket, _n in Counter(s.label[tr].tolist()).most_common()]
     probs = _predict(served, _take(x, va))
     report = interest_report(s.label[va], probs, s.sequence[va], popular, ks=(1, config.interest_k))

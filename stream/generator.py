@@ -18,7 +18,9 @@ so the log is byte-identical for the same arguments and users can be generated i
   most a couple of click-only "ghost" sessions do.
 * Planted change (``change_day``): from then on the hazard rises with activity instead (loyal
   heavy clickers start leaving), item popularity reshuffles and interests are pulled towards a
-  new category mix.
+  new category mix, and users who stop ordering keep browsing ("window shoppers": click-only
+  sessions at half their old rate) instead of going quiet, so recent clicks no longer say that
+  a user stays.
 * Dirt (invalid events, duplicates, ISO-8601 timestamps) comes from separate streams, so the
   valid events are the same whatever the dirt settings.
 
@@ -517,6 +519,17 @@ class _User:
                 if ts0 >= ctx.end_ms:
                     break
                 busy_until = self._session(ts0, ghost=True)
+                if self.cut:
+                    break
+        change = ctx.change_ts
+        if self.churn_ts is not None and change is not None and not self.cut:
+            t = float(max(self.churn_ts, change, busy_until + _MIN_SESSION_GAP))
+            while True:  # window shoppers: browsing goes on after the last order
+                t += r.expo() / (rate_max / 2.0)
+                if t >= ctx.end_ms:
+                    break
+                busy_until = self._session(max(int(t), busy_until + _MIN_SESSION_GAP), ghost=True)
+                t = max(t, float(busy_until))
                 if self.cut:
                     break
         return self

@@ -70,7 +70,9 @@ class ScoringConfig:
     recs_k: int = 10
     offer_window_ms: int = 7 * DAY_MS
     offer_cooldown_ms: int = 7 * DAY_MS
-    churn_label_every_ms: int = DAY_MS
+    #: At most one churn prediction per user per this much event time awaits its label: each
+    #: user then holds about horizon / this of them (a 45-float vector each) in the changelog.
+    churn_label_every_ms: int = 3 * DAY_MS
     #: Weight of the ONNX model in a recommendation's score; the rest is co-occurrence.
     recs_model_weight: float = 0.5
     features: FeatureConfig = field(default_factory=FeatureConfig)
@@ -233,9 +235,10 @@ class Scorer:
             add_churn_prediction(
                 scores.churn_pending,
                 user.at_ms,
-                x,
+                [round(v, 4) for v in vector],
                 p_onnx,
                 every_ms=self.config.churn_label_every_ms,
+                max_pending=self.config.churn_horizon_ms // self.config.churn_label_every_ms + 1,
             )
             online_version = f"river-churn-p{user.partition}-n{learners.churn.labels_seen}"
             head = {"user_id": user.user_id, "ts": user.at_ms, "trigger": user.trigger}
@@ -303,6 +306,8 @@ class Scorer:
     def score(
         self, users: list[UserInput], learners_of: Callable[[int], Learners], churn_only: bool
     ) -> ScoreResult:
+        if not users:
+            return ScoreResult()
         prepared = self.prepare(users, learners_of, churn_only)
         return self.finish(prepared, self.infer(prepared), learners_of)
 
@@ -321,12 +326,13 @@ class Scorer:
             (e.ts, e.ts if isinstance(e, Order) else None, _category_of(e)) for e in user.events
         ] or [(user.at_ms, None, None)]
         for now, order_ts, category in moments:
-            for x, p_onnx, y in resolve_churn(
+            for vector, p_onnx, y in resolve_churn(
                 scores.churn_pending,
                 order_ts=order_ts,
                 now_ts=now,
                 horizon_ms=self.config.churn_horizon_ms,
             ):
+                x = churn_inputs(vector, p_onnx)  # type: ignore[arg-type]
                 if learners.churn.learn(x, p_onnx, y):
                     result.drifts.append(("churn", user.partition))
                 result.count("churn")

@@ -34,6 +34,8 @@ nothing, the next known one does).
 >>> resolve_churn(pending, order_ts=None, now_ts=31 * day, horizon_ms=30 * day)
 [({'orders': 1.0}, 0.2, True)]
 >>> resolve_churn(pending, order_ts=31 * day, now_ts=31 * day, horizon_ms=30 * day)
+[]
+>>> resolve_churn(pending, order_ts=None, now_ts=32 * day, horizon_ms=30 * day)
 [({'orders': 1.0}, 0.4, False)]
 >>> pending
 []
@@ -72,19 +74,27 @@ class PendingChurn:
     """A churn prediction at event time ``ts`` from features ``x`` and the ONNX probability."""
 
     ts: int
-    x: dict[str, float]
+    #: The learner's input, or the compact feature vector the caller derives it from (a list
+    #: of floats keeps a user's pending predictions small in the changelog).
+    x: dict[str, float] | list[float]
     p_onnx: float
+    #: An order came within the horizon: the label is known (stayed), delivered at its end.
+    ordered: bool = False
 
     def to_list(self) -> list[Any]:
-        return [self.ts, self.x, self.p_onnx]
+        return [self.ts, self.x, self.p_onnx, self.ordered]
 
     @classmethod
     def from_list(cls, data: Sequence[Any]) -> PendingChurn:
-        ts, x, p_onnx = data
-        return cls(int(ts), dict(x), float(p_onnx))
+        ts, x, p_onnx, *ordered = data
+        return cls(int(ts), _copy(x), float(p_onnx), bool(ordered and ordered[0]))
 
     def __iter__(self) -> Iterator[Any]:  # so ``list(entry)`` is the plain form too
         return iter(self.to_list())
+
+
+def _copy(x: Mapping[str, float] | Sequence[float]) -> dict[str, float] | list[float]:
+    return dict(x) if isinstance(x, Mapping) else [float(v) for v in x]
 
 
 def _normalise(pending: list[Any]) -> None:
@@ -109,7 +119,7 @@ def add_churn_prediction(
     period = ts // every_ms
     if any(entry.ts // every_ms == period for entry in pending):
         return
-    entry = PendingChurn(int(ts), dict(x), float(p_onnx))
+    entry = PendingChurn(int(ts), _copy(x), float(p_onnx))
     at = bisect.bisect_right([e.ts for e in pending], entry.ts)
     pending.insert(at, entry)
     del pending[: max(0, len(pending) - max_pending)]
@@ -118,17 +128,24 @@ def add_churn_prediction(
 def resolve_churn(
     pending: list[Any], *, order_ts: int | None, now_ts: int, horizon_ms: int
 ) -> list[ChurnLabel]:
-    """The labels that ``order_ts`` (an order, or None) and event time ``now_ts`` reveal, oldest
-    prediction first; resolved entries are removed from ``pending`` in place."""
+    """The labels event time ``now_ts`` delivers, oldest prediction first; delivered entries are
+    removed from ``pending`` in place.
+
+    An order at ``order_ts`` settles every prediction with ``ts < order_ts <= ts + horizon`` as
+    "stayed", but every label is *delivered* when its horizon ends, "stayed" or "churned" alike.
+    Delivered at the order instead, the "stayed" labels of a period would reach the learner a
+    horizon before its "churned" ones, and a learner fed a stream of negatives first learns a
+    shop where nobody churns (and, fitting noise, may even rank users backwards).
+    """
     _normalise(pending)
     labels: list[ChurnLabel] = []
     keep: list[PendingChurn] = []
     for entry in pending:
         end = entry.ts + horizon_ms
         if order_ts is not None and entry.ts < order_ts <= end:
-            labels.append((entry.x, entry.p_onnx, False))
-        elif end <= now_ts:
-            labels.append((entry.x, entry.p_onnx, True))
+            entry.ordered = True
+        if end <= now_ts:
+            labels.append((entry.x, entry.p_onnx, not entry.ordered))
         else:
             keep.append(entry)
     pending[:] = keep

@@ -37,7 +37,7 @@ class UserScores:
 
     #: Output topic -> the last message published there for this user.
     latest: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: Churn predictions awaiting their label: ``[ts, x, p_onnx]`` (``pending.PendingChurn``).
+    #: Churn predictions awaiting their label: ``[ts, vector, p_onnx]`` (``pending.PendingChurn``).
     churn_pending: list[Any] = field(default_factory=list)
     #: The last interest ranking: ``{"ranked": [...], "candidates": {cat: {feature: v}}}``.
     interest_pending: dict[str, Any] | None = None

