@@ -123,15 +123,13 @@ def build_interest(x_train: np.ndarray) -> tuple[Any, Any]:
     )(h)
     by_position = keras.layers.Dense(SEQ_LEN, name="position_weights", kernel_regularizer=l2)(h)
     by_rank = keras.layers.Dense(SEQ_LEN, name="rank_weights", kernel_regularizer=l2)(h)
-    logits = keras.layers.Add(name="logits")(
-        [
-            vocabulary,
-            CopyScores(CATEGORY_BUCKETS, name="position_copy")(sequence, by_position),
-            CopyScores(CATEGORY_BUCKETS, name="rank_copy")(
-                sequence, RecencyRankWeights(name="rank_to_position")(sequence, by_rank)
-            ),
-        ]
+    # Copy scores are linear in the weights: add the position and rank weights first and
+    # copy once (half the work of two copies, the same model).
+    weights = keras.layers.Add(name="copy_weights")(
+        [by_position, RecencyRankWeights(name="rank_to_position")(sequence, by_rank)]
     )
+    copied = CopyScores(CATEGORY_BUCKETS, name="copy_logits")(sequence, weights)
+    logits = keras.layers.Add(name="logits")([vocabulary, copied])
     out = keras.layers.Activation("softmax", name="category_probabilities")(logits)
     model = keras.Model([sequence, features], out, name="interest")
     return model, model

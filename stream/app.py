@@ -190,6 +190,7 @@ class ShopscoreApp:
         )
         self.outputs = {t: self.app.topic(settings.topic(t)) for t in OUTPUT_TOPICS}
         self._partition_event: dict[int, EventT] = {}
+        self._next_tick: dict[int, int] = {}
         self.serving = Serving(
             settings,
             self.metrics,
@@ -339,6 +340,27 @@ class ShopscoreApp:
             )
             arrived[user_id] = ref.message.timestamp
         await self.serving.score(users, churn_only=False, arrived=arrived)
+        await self._tick_stream_time(users)
+
+    async def _tick_stream_time(self, users: list[UserInput]) -> None:
+        """Stream-time ticks: every ``SHOPSCORE_IDLE_TICK`` of a partition's event time, its idle
+        users are re-scored (and their churn horizons resolved), clock messages or not."""
+        tick = self.settings.idle_tick_ms
+        if not tick:
+            return
+        stream_time: dict[int, int] = {}
+        for user in users:
+            stream_time[user.partition] = max(stream_time.get(user.partition, 0), user.at_ms)
+        for partition, now in sorted(stream_time.items()):
+            next_tick = self._next_tick.get(partition)
+            if next_tick is None:
+                self._next_tick[partition] = (now // tick + 1) * tick
+                continue
+            while next_tick <= now:
+                n = await self.rescore_idle(partition, next_tick)
+                log.debug("stream time %d on partition %d: %d idle users", next_tick, partition, n)
+                next_tick += tick
+            self._next_tick[partition] = next_tick
 
     def _hold_tick(self, event: EventT, wall: float) -> None:
         """A clock message joins the aligner (it holds nothing back itself)."""
@@ -479,6 +501,8 @@ class ShopscoreApp:
             # so their new owner reads them again.
             dropped = self.aligner.forget_partitions({tp.partition for tp in revoked})
             self.serving.forget({tp.partition for tp in revoked})
+            for tp in revoked:
+                self._next_tick.pop(tp.partition, None)
             for tp in revoked:
                 for event in self._ack_queues.pop(tp, ()):
                     self._done.discard(id(event))
