@@ -31,6 +31,7 @@ from stream.kafka_compat import install as install_kafka_compat
 from stream.metrics import Metrics
 from stream.ordering import EventTimeAligner
 from stream.scoring.engine import UserInput
+from stream.scoring.state import UserScores
 from stream.serving import Serving
 from stream.settings import Settings
 from stream.topics import CLOCK, DLQ, OUTPUT_TOPICS
@@ -51,6 +52,19 @@ class _UserStateCodec(codecs.Codec):
 
 
 codecs.register("shopscore_state", _UserStateCodec())
+
+
+class _UserScoresCodec(codecs.Codec):
+    """Changelog (de)serialization of ``UserScores``; the memory store keeps the objects."""
+
+    def _dumps(self, obj: Any) -> bytes:
+        return obj.to_bytes()
+
+    def _loads(self, s: bytes) -> Any:
+        return UserScores.from_bytes(s)
+
+
+codecs.register("shopscore_scores", _UserScoresCodec())
 
 
 def _broker_credentials(settings: Settings) -> faust.auth.Credentials | None:
@@ -122,6 +136,10 @@ class ShopscoreApp:
             broker_heartbeat_interval=min(1.0, settings.session_timeout_ms / 3000),
             consumer_auto_offset_reset="earliest",
             processing_guarantee="at_least_once",
+            # Scores and changelogs are many small messages: a few ms of linger batches them
+            # into far fewer produce requests (the worker was bound by socket writes).
+            producer_linger=0.005,
+            producer_max_batch_size=512 * 1024,
             key_serializer="raw",
             value_serializer="raw",
             broker_credentials=_broker_credentials(settings),
@@ -178,9 +196,20 @@ class ShopscoreApp:
             "scores",
             partitions=settings.partitions,
             key_type=bytes,
-            value_type=bytes,
+            changelog_topic=self.app.topic(
+                f"{settings.app_id}-scores-changelog",
+                key_type=bytes,
+                key_serializer="raw",
+                value_serializer="shopscore_scores",
+                partitions=settings.partitions,
+                compacting=True,
+                deleting=False,
+                acks=False,
+                internal=True,
+            ),
             help="Per-user latest scores and predictions awaiting their labels.",
         )
+        self.scores.value_serializer = "shopscore_scores"
         self.learners = self.app.Table(
             "learners",
             partitions=settings.partitions,
@@ -191,6 +220,7 @@ class ShopscoreApp:
         self.outputs = {t: self.app.topic(settings.topic(t)) for t in OUTPUT_TOPICS}
         self._partition_event: dict[int, EventT] = {}
         self._next_tick: dict[int, int] = {}
+        self._partition_users: dict[int, set[str]] = {}
         self.serving = Serving(
             settings,
             self.metrics,
@@ -324,6 +354,9 @@ class ShopscoreApp:
         for user_id, applied in events.items():
             ref = result.touched[user_id]
             partition = ref.message.partition
+            known = self._partition_users.get(partition)
+            if known is not None:
+                known.add(user_id)
             self._partition_event[partition] = ref
             applied.sort(key=lambda e: e.ts)
             state = result.states[user_id]
@@ -390,14 +423,25 @@ class ShopscoreApp:
         n = await self.rescore_idle(partition, ts)
         log.info("clock %d on partition %d: %d idle users re-scored", ts, partition, n)
 
+    def _users_of(self, partition: int) -> set[str]:
+        """The users whose state lives on ``partition`` (built from the table once, after a
+        start or an assignment; then kept up to date as users are touched)."""
+        users = self._partition_users.get(partition)
+        if users is None:
+            users = {
+                key.decode() for key in self.users if self._owns(key.decode(), partition)
+            }
+            self._partition_users[partition] = users
+        return users
+
     async def rescore_idle(self, partition: int, at_ms: int, chunk: int = 1000) -> int:
         """Clock: re-score, for churn at ``at_ms``, every user of ``partition`` whose newest
         event is older (their risk rises while they stay away)."""
         idle: list[UserInput] = []
         scored = 0
-        for key, state in list(self.users.items()):
-            user_id = key.decode()
-            if (state.max_ts or 0) >= at_ms or not self._owns(user_id, partition):
+        for user_id in sorted(self._users_of(partition)):
+            state = self.users.get(user_id.encode())
+            if state is None or (state.max_ts or 0) >= at_ms:
                 continue
             scores = self.serving.user_scores(user_id)
             idle.append(UserInput(user_id, partition, state, scores, [], at_ms, "clock"))
@@ -503,6 +547,7 @@ class ShopscoreApp:
             self.serving.forget({tp.partition for tp in revoked})
             for tp in revoked:
                 self._next_tick.pop(tp.partition, None)
+                self._partition_users.pop(tp.partition, None)
             for tp in revoked:
                 for event in self._ack_queues.pop(tp, ()):
                     self._done.discard(id(event))

@@ -343,6 +343,11 @@ def bench(obj: _Context, quick: bool, as_json: bool, **sizes: Any) -> None:
         ("state per user", f"{report['state_bytes_per_user']:,.0f} bytes"),
         ("recovery per 100,000 users", f"{report['recovery_s_per_100k_users']:.1f} s"),
     ]  # fmt: skip
+    below = report.get("latency_below_saturation_ms")
+    if below:
+        lines.insert(4, (f"latency at {below['rate_eps']:,.0f} events/s",
+                         f"p50 {below['p50']:.0f} ms, p95 {below['p95']:.0f} ms, "
+                         f"p99 {below['p99']:.0f} ms, max {below['max']:.0f} ms"))  # fmt: skip
     for name, value in lines:
         click.echo(f"{name:<34} {value}")
     if report["scaled_to_100k"]:

@@ -123,7 +123,7 @@ class Serving:
 
     def user_scores(self, user_id: str) -> UserScores:
         stored = self.scores.get(user_id.encode())
-        return UserScores.from_bytes(stored) if stored else UserScores()
+        return stored if stored is not None else UserScores()
 
     async def score(
         self,
@@ -145,7 +145,7 @@ class Serving:
             result = scorer.finish(prepared, inferred, self.learners_of)
             for user in users:
                 with self._acting_as(user.partition):
-                    self.scores[user.user_id.encode()] = user.scores.to_bytes()
+                    self.scores[user.user_id.encode()] = user.scores
             metrics = self.metrics
             for name, seconds in inferred.seconds.items():
                 metrics.scoring_seconds.labels(name).observe(seconds)

@@ -1,0 +1,46 @@
+"""``shopscore bench --quick`` runs end to end against the session broker and reports every key.
+
+A benchmark is not a test: nothing here looks at the figures, only that they are there.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.broker
+
+KEYS = {
+    "throughput_eps",
+    "bare_throughput_eps",
+    "ratio_to_bare",
+    "latency_ms",
+    "rss_mb_per_100k_users",
+    "state_bytes_per_user",
+    "recovery_s_per_100k_users",
+    "measured_users",
+    "versions",
+    "broker",
+}
+
+
+def test_quick_bench_reports_every_figure(settings) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "stream", "bench", "--quick", "--json"],
+        env=settings.env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert set(report) >= KEYS
+    assert set(report["latency_ms"]) >= {"p50", "p95", "p99", "max", "rate_eps"}
+    assert report["versions"].keys() >= {"python", "faust-streaming", "aiokafka", "onnxruntime"}
+    assert report["broker"]["kind"] == "configured"
+    assert report["throughput"]["full"]["applied"] == report["throughput"]["full"]["events"]
+    assert report["state"]["table_users"] == report["measured_users"]
+    assert all(f"[{i}/5]" in result.stderr for i in range(1, 6))  # a progress line per phase
