@@ -10,7 +10,7 @@ very predictions the service would have published.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +18,8 @@ from stream.events import Event, Order
 from stream.features import FeatureConfig, UserState, apply_event
 from stream.features.state import Outcome
 from stream.models.registry import Model
-from stream.scoring.engine import DAY_MS, Scorer, ScoreResult, ScoringConfig, UserInput
+from stream.scoring.engine import Scorer, ScoreResult, ScoringConfig, UserInput
+from stream.scoring.pending import DueLabels
 from stream.scoring.state import Learners, UserScores
 
 __all__ = ["ChurnRecord", "churn_records", "clean_log", "evaluate_log"]
@@ -48,11 +49,11 @@ def evaluate_log(
     config: ScoringConfig | None = None,
     batch_size: int = 500,
     churn_only: bool = True,
-    tick_ms: int | None = DAY_MS,
+    clock_at: Sequence[int] = (),
 ) -> OnlineRun:
     """Score ``events`` (clean, in event-time order) as a single-partition worker would,
-    including its stream-time ticks: every ``tick_ms`` of event time, idle users are re-scored
-    (and their passed horizons resolved)."""
+    delivering labels as stream time passes their due time. At each time in ``clock_at``
+    every idle user is re-scored, as a ``clock`` message (``replay --until T``) does."""
     config = config or ScoringConfig()
     features: FeatureConfig = config.features
     scorer = Scorer(models, config)
@@ -62,13 +63,13 @@ def evaluate_log(
     run = OnlineRun()
     batch: list[Event] = []
 
-    next_tick: list[int | None] = [None]
+    due = DueLabels()
 
-    def tick(at_ms: int) -> None:
+    def deliver(now_ms: int) -> None:
         idle = [
-            UserInput(uid, 0, state, scores.setdefault(uid, UserScores()), [], at_ms, "clock")
-            for uid, state in states.items()
-            if (state.max_ts or 0) < at_ms
+            UserInput(u, 0, states[u], scores[u], [], now_ms, "clock")
+            for u in due.pop_due(now_ms)
+            if (states[u].max_ts or 0) < now_ms
         ]
         collect(scorer.score(idle, lambda _p: learners, True))
 
@@ -86,15 +87,20 @@ def evaluate_log(
         for name, n in result.labels.items():
             run.labels[name] = run.labels.get(name, 0) + n
         run.drifts += len(result.drifts)
+        for _partition, due_ms, user_id in result.due:
+            due.add(due_ms, user_id)
+
+    clocks = sorted(clock_at)
+
+    def clock(at_ms: int) -> None:
+        idle = [
+            UserInput(uid, 0, state, scores.setdefault(uid, UserScores()), [], at_ms, "clock")
+            for uid, state in states.items()
+            if (state.max_ts or 0) < at_ms
+        ]
+        collect(scorer.score(idle, lambda _p: learners, True))
 
     def flush() -> None:
-        if tick_ms is not None and batch:
-            stream_time = max(e.ts for e in batch)
-            if next_tick[0] is None:
-                next_tick[0] = (batch[0].ts // tick_ms + 1) * tick_ms
-            while next_tick[0] <= stream_time:
-                tick(next_tick[0])
-                next_tick[0] += tick_ms
         touched: dict[str, list[Event]] = {}
         for event in batch:
             state = states.setdefault(event.user_id, UserState(event.user_id))
@@ -113,9 +119,15 @@ def evaluate_log(
             for uid, evs in touched.items()
         ]
         collect(scorer.score(users, lambda _p: learners, churn_only))
+        deliver(max(e.ts for e in batch))
         batch.clear()
 
     for event in events:
+        while clocks and event.ts > clocks[0]:
+            if batch:
+                flush()
+            deliver(clocks[0])
+            clock(clocks.pop(0))
         if isinstance(event, Order):
             run.orders.setdefault(event.user_id, []).append(event.ts)
         run.end_ms = max(run.end_ms, event.ts)
@@ -124,6 +136,9 @@ def evaluate_log(
             flush()
     if batch:
         flush()
+    for at_ms in clocks:
+        deliver(at_ms)
+        clock(at_ms)
     return run
 
 

@@ -219,7 +219,6 @@ class ShopscoreApp:
         )
         self.outputs = {t: self.app.topic(settings.topic(t)) for t in OUTPUT_TOPICS}
         self._partition_event: dict[int, EventT] = {}
-        self._next_tick: dict[int, int] = {}
         self._partition_users: dict[int, set[str]] = {}
         self.serving = Serving(
             settings,
@@ -373,27 +372,19 @@ class ShopscoreApp:
             )
             arrived[user_id] = ref.message.timestamp
         await self.serving.score(users, churn_only=False, arrived=arrived)
-        await self._tick_stream_time(users)
+        await self._deliver_due(users)
 
-    async def _tick_stream_time(self, users: list[UserInput]) -> None:
-        """Stream-time ticks: every ``SHOPSCORE_IDLE_TICK`` of a partition's event time, its idle
-        users are re-scored (and their churn horizons resolved), clock messages or not."""
-        tick = self.settings.idle_tick_ms
-        if not tick:
-            return
+    async def _deliver_due(self, users: list[UserInput]) -> None:
+        """Stream time moved on: deliver the labels that fell due on each partition (churn
+        horizons and offer windows that ended without an order), also for users who stay away
+        and so never trigger anything themselves."""
         stream_time: dict[int, int] = {}
         for user in users:
             stream_time[user.partition] = max(stream_time.get(user.partition, 0), user.at_ms)
         for partition, now in sorted(stream_time.items()):
-            next_tick = self._next_tick.get(partition)
-            if next_tick is None:
-                self._next_tick[partition] = (now // tick + 1) * tick
-                continue
-            while next_tick <= now:
-                n = await self.rescore_idle(partition, next_tick)
-                log.debug("stream time %d on partition %d: %d idle users", next_tick, partition, n)
-                next_tick += tick
-            self._next_tick[partition] = next_tick
+            await self.serving.deliver_due(
+                partition, now, lambda p=partition: self._users_of(p)
+            )
 
     def _hold_tick(self, event: EventT, wall: float) -> None:
         """A clock message joins the aligner (it holds nothing back itself)."""
@@ -546,7 +537,6 @@ class ShopscoreApp:
             dropped = self.aligner.forget_partitions({tp.partition for tp in revoked})
             self.serving.forget({tp.partition for tp in revoked})
             for tp in revoked:
-                self._next_tick.pop(tp.partition, None)
                 self._partition_users.pop(tp.partition, None)
             for tp in revoked:
                 for event in self._ack_queues.pop(tp, ()):

@@ -451,6 +451,7 @@ def full_throughput(
         "eps": round(n / seconds, 1),
         "applied": int(counts.applied),
         "rejected": int(counts.rejected_total),
+        "rejected_by_reason": {k: int(v) for k, v in sorted(counts.rejected.items())},
         "messages_out": published,
         "worker_ready_s": round(ready_s, 2),
     }, worker

@@ -21,6 +21,7 @@ from stream.errors import ModelError
 from stream.metrics import Metrics
 from stream.models.registry import MODEL_NAMES, Model, load_models
 from stream.scoring.engine import Scorer, ScoreResult, UserInput
+from stream.scoring.pending import DueLabels
 from stream.scoring.state import Learners, UserScores
 from stream.settings import Settings
 
@@ -88,6 +89,7 @@ class Serving:
         self.watcher = ModelWatcher(settings.model_dir)
         self._learners: dict[int, Learners] = {}
         self._checkpointed: dict[int, float] = {}
+        self._due: dict[int, DueLabels] = {}
         self.lock = asyncio.Lock()
         self._publish_model_info()
 
@@ -105,6 +107,7 @@ class Serving:
         """Revoked partitions: their learners live on in the changelog for the new owner."""
         for partition in partitions:
             self._learners.pop(partition, None)
+            self._due.pop(partition, None)
             self._checkpointed.pop(partition, None)
 
     def checkpoint(self, partitions: Iterable[int], *, force: bool = False) -> None:
@@ -170,26 +173,53 @@ class Serving:
                     learner,
                     partition,
                 )
+            self._record_due(result)
             self._export_online_metrics(result.partitions)
             self.checkpoint(result.partitions)
         return result
 
-    def _export_online_metrics(self, partitions: Iterable[int]) -> None:
-        # Rolling metrics are per partition's learner; the gauge shows the latest one updated,
-        # labelled by model and metric only (bounded cardinality).
-        for partition in partitions:
-            learners = self._learners.get(partition)
-            if learners is None:
-                continue
-            for name, value in learners.churn.metrics().items():
-                if value == value:  # NaN until both classes were seen
-                    self.metrics.online_metric.labels("churn", name).set(value)
-            for name, value in learners.interest.metrics().items():
-                if value == value:
-                    self.metrics.online_metric.labels("interest", name).set(value)
-            self.metrics.online_metric.labels("churn", "weight_online").set(
-                learners.churn.weight_online
-            )
+    def _record_due(self, result: ScoreResult) -> None:
+        for partition, due_ms, user_id in result.due:
+            due = self._due.get(partition)
+            if due is not None:  # else rebuilt from the table when first needed
+                due.add(due_ms, user_id)
+
+    def due_of(self, partition: int, users: Callable[[], Iterable[str]]) -> DueLabels:
+        """The partition's due labels; after a start or an assignment, rebuilt once from the
+        scoring states of ``users()`` (the partition's users)."""
+        due = self._due.get(partition)
+        if due is None:
+            due = self._due[partition] = DueLabels()
+            horizon = self.scorer.config.churn_horizon_ms
+            window = self.scorer.config.offer_window_ms
+            for user_id in users():
+                scores = self.scores.get(user_id.encode())
+                if scores is None:
+                    continue
+                for entry in scores.churn_pending:
+                    due.add(
+                        int(entry[0] if isinstance(entry, list) else entry.ts) + horizon, user_id
+                    )
+                if scores.offer_pending is not None:
+                    due.add(int(scores.offer_pending["ts"]) + window, user_id)
+        return due
+
+    async def deliver_due(
+        self, partition: int, now_ms: int, users: Callable[[], Iterable[str]]
+    ) -> int:
+        """Stream time reached ``now_ms`` on ``partition``: users whose label fell due and who
+        have been idle since are re-scored for churn at ``now_ms`` (which delivers the label,
+        publishes their risk as it stands now, and gives the learner idle users to learn from).
+        """
+        due = self.due_of(partition, users)
+        idle = []
+        for user_id in due.pop_due(now_ms):
+            state = self.users.get(user_id.encode())
+            if state is not None and (state.max_ts or 0) < now_ms:
+                scores = self.user_scores(user_id)
+                idle.append(UserInput(user_id, partition, state, scores, [], now_ms, "clock"))
+        await self.score(idle, churn_only=True)
+        return len(idle)
 
     # -- models -----------------------------------------------------------------------------
 

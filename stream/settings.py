@@ -177,7 +177,6 @@ class Settings:
     model_poll_ms: int = 5_000
     churn_horizon_ms: int = 30 * 86_400_000
     offer_window_ms: int = 7 * 86_400_000
-    idle_tick_ms: int = 86_400_000
 
     def __post_init__(self) -> None:
         sasl = self.security_protocol.startswith("SASL_")
@@ -376,7 +375,6 @@ _SETTINGS_ENV: dict[str, tuple[str, Any]] = {
     "model_poll_ms": ("MODEL_POLL", parse_duration_ms),
     "churn_horizon_ms": ("CHURN_HORIZON", parse_duration_ms),
     "offer_window_ms": ("OFFER_WINDOW", parse_duration_ms),
-    "idle_tick_ms": ("IDLE_TICK", parse_duration_ms),
 }
 
 _LIMITS_ENV: dict[str, tuple[str, Any]] = {

@@ -127,18 +127,32 @@ class ScoreResult:
     drifts: list[tuple[str, int]] = field(default_factory=list)
     #: Partitions whose learners changed (to checkpoint).
     partitions: set[int] = field(default_factory=set)
+    #: (partition, event time, user) at which a new pending label falls due.
+    due: list[tuple[int, int, str]] = field(default_factory=list)
 
     def count(self, learner: str, n: int = 1) -> None:
         self.labels[learner] = self.labels.get(learner, 0) + n
 
 
+#: Features that describe the moment rather than the customer: at an event the user is always
+#: in a session (with a cart being filled), at a clock tick never. A learner that only saw
+#: them constant would read an idle user's 0 as dozens of standard deviations away.
+MOMENT_FEATURES = frozenset(
+    {"session_active", "session_minutes", "session_events", "cart_items", "cart_value"}
+    | {name for name in FEATURE_NAMES if name.endswith("_1h")}
+)
+_CHURN_INPUTS = tuple(
+    (index, name) for index, name in enumerate(FEATURE_NAMES) if name not in MOMENT_FEATURES
+)
+
+
 def churn_inputs(vector: Sequence[float], p_onnx: float) -> dict[str, float]:
-    """The online churn learner's input: every feature on a signed log scale (a shop's counts,
-    prices and gaps differ by orders of magnitude from another's; logs make them comparable)
-    and the ONNX model's logit, whose weight the learner fits to this shop."""
+    """The online churn learner's input: the customer's features on a signed log scale (a
+    shop's counts, prices and gaps differ by orders of magnitude from another's; logs make them
+    comparable) and the ONNX model's logit, whose weight the learner fits to this shop."""
     x = {
-        name: math.copysign(math.log1p(abs(v)), v)
-        for name, v in zip(FEATURE_NAMES, vector, strict=True)
+        name: math.copysign(math.log1p(abs(vector[index])), vector[index])
+        for index, name in _CHURN_INPUTS
     }
     p = min(max(p_onnx, 1e-6), 1 - 1e-6)
     x["onnx_logit"] = math.log(p / (1 - p))
@@ -232,6 +246,7 @@ class Scorer:
             p_onnx = float(inferred.churn[index])
             x = churn_inputs(vector, p_onnx)
             p_churn = learners.churn.predict(x, p_onnx)
+            pending_before = len(scores.churn_pending)
             add_churn_prediction(
                 scores.churn_pending,
                 user.at_ms,
@@ -240,6 +255,9 @@ class Scorer:
                 every_ms=self.config.churn_label_every_ms,
                 max_pending=self.config.churn_horizon_ms // self.config.churn_label_every_ms + 1,
             )
+            if len(scores.churn_pending) > pending_before:
+                due = user.at_ms + self.config.churn_horizon_ms
+                result.due.append((user.partition, due, user.user_id))
             online_version = f"river-churn-p{user.partition}-n{learners.churn.labels_seen}"
             head = {"user_id": user.user_id, "ts": user.at_ms, "trigger": user.trigger}
             churn_msg = {
@@ -319,12 +337,22 @@ class Scorer:
         result.messages.append((topic, value["user_id"], value))
 
     def _reveal_labels(self, user: UserInput, learners: Learners, result: ScoreResult) -> None:
-        """Deliver what this user's events (or, for a clock tick, event time alone) reveal
-        about earlier predictions, before new ones are made."""
-        scores = user.scores
+        self._reveal(user.scores, user.partition, user.events, user.at_ms, learners, result)
+
+    def _reveal(
+        self,
+        scores: UserScores,
+        partition: int,
+        events: list[Event],
+        at_ms: int,
+        learners: Learners,
+        result: ScoreResult,
+    ) -> None:
+        """Deliver what a user's events (or event time alone) reveal about earlier
+        predictions, before new ones are made."""
         moments: list[tuple[int, int | None, str | None]] = [
-            (e.ts, e.ts if isinstance(e, Order) else None, _category_of(e)) for e in user.events
-        ] or [(user.at_ms, None, None)]
+            (e.ts, e.ts if isinstance(e, Order) else None, _category_of(e)) for e in events
+        ] or [(at_ms, None, None)]
         for now, order_ts, category in moments:
             for vector, p_onnx, y in resolve_churn(
                 scores.churn_pending,
@@ -334,7 +362,7 @@ class Scorer:
             ):
                 x = churn_inputs(vector, p_onnx)  # type: ignore[arg-type]
                 if learners.churn.learn(x, p_onnx, y):
-                    result.drifts.append(("churn", user.partition))
+                    result.drifts.append(("churn", partition))
                 result.count("churn")
             if category is not None:
                 label = resolve_interest(scores.interest_pending, category=category, ts=now)
@@ -432,6 +460,7 @@ class Scorer:
             user.at_ms, arm, propensity, context, learners.offers.cost(arm)
         ).to_dict()
         scores.last_offer_ts = user.at_ms
+        result.due.append((user.partition, user.at_ms + self.config.offer_window_ms, user.user_id))
         self._emit(
             result,
             scores,

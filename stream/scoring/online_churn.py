@@ -45,7 +45,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from river import base, drift, linear_model, metrics, optim, preprocessing, utils
+from river import base, compose, drift, linear_model, metrics, optim, preprocessing, utils
 
 __all__ = ["ONNX_LOGIT", "ChurnBlend"]
 
@@ -53,6 +53,7 @@ __all__ = ["ONNX_LOGIT", "ChurnBlend"]
 ONNX_LOGIT = "onnx_logit"
 
 _LOGIT_EPS = 1e-6  # keeps logit(p_onnx) finite
+_CLIP = 5.0
 _LOSS_EPS = 1e-4  # per-label losses for the mixture and ADWIN are at most -log(1e-4) ≈ 9.2
 
 
@@ -70,6 +71,13 @@ def _sigmoid(z: float) -> float:
         return 1.0 / (1.0 + math.exp(-z))
     e = math.exp(z)
     return e / (1.0 + e)
+
+
+def _clip_scaled(x: dict[str, float]) -> dict[str, float]:
+    """Standardised inputs clipped to ±5: a feature the learner has nearly always seen at one
+    value (the hours since the last click, when scores are made at clicks) would otherwise turn
+    an idle user into a 100-sigma input and saturate the probability."""
+    return {k: min(max(v, -_CLIP), _CLIP) for k, v in x.items()}
 
 
 def _log_loss(y: bool, p: float) -> float:
@@ -148,8 +156,10 @@ class ChurnBlend(base.Base):
         self.eta = eta
         self.drift_weight = drift_weight
 
-        self._model = preprocessing.StandardScaler() | linear_model.LogisticRegression(
-            optimizer=optim.SGD(lr), intercept_lr=lr
+        self._model = (
+            preprocessing.StandardScaler()
+            | compose.FuncTransformer(_clip_scaled)
+            | linear_model.LogisticRegression(optimizer=optim.SGD(lr), intercept_lr=lr)
         )
         # Platt scaling of the ONNX logit; a logit's scale is fixed, so no scaler is needed and
         # a larger step converges in a few hundred labels.

@@ -44,6 +44,7 @@ nothing, the next known one does).
 from __future__ import annotations
 
 import bisect
+import heapq
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -254,3 +255,38 @@ def resolve_interest(
     if ts < entry.ts:
         return None
     return entry.candidates, entry.ranked, category
+
+
+# -- when labels fall due ---------------------------------------------------------------------
+
+
+class DueLabels:
+    """Which users have a label falling due by a given event time, so stream time can deliver
+    them without visiting every user: a min-heap of (due time, user id).
+
+    An entry may be stale (its prediction was delivered early, or replaced); popping it costs
+    one look at the user's pending predictions, nothing more. After a restart the heap is
+    rebuilt from the scoring states (``rebuild``).
+
+    >>> due = DueLabels()
+    >>> due.add(30, "a"); due.add(10, "b"); due.add(30, "a")
+    >>> due.pop_due(20), due.pop_due(30), due.pop_due(99)
+    (['b'], ['a'], [])
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, str]] = []
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def add(self, due_ms: int, user_id: str) -> None:
+        heapq.heappush(self._heap, (due_ms, user_id))
+
+    def pop_due(self, now_ms: int) -> list[str]:
+        """Users with something due at or before ``now_ms`` (each once, in due order)."""
+        users: dict[str, None] = {}
+        heap = self._heap
+        while heap and heap[0][0] <= now_ms:
+            users[heapq.heappop(heap)[1]] = None
+        return list(users)

@@ -107,7 +107,7 @@ def test_a_corrupt_model_at_a_hot_swap_is_refused_and_the_old_one_keeps_serving(
     worker = start_worker(settings)
     worker_log = tmp_path / "worker.log"
     published = helpers.replay_cli(settings, first)
-    wait(lambda: worker_counts(worker).applied >= published, 120)
+    _all_applied(worker, published, worker_counts, wait)
 
     # An export that wrote garbage (manifest vouches for it), then a half-copied file.
     for refusals, (how, version) in enumerate(
@@ -120,7 +120,7 @@ def test_a_corrupt_model_at_a_hot_swap_is_refused_and_the_old_one_keeps_serving(
         assert worker.proc is not None and worker.proc.poll() is None
 
     published += helpers.replay_cli(settings, second)
-    wait(lambda: worker_counts(worker).applied >= published, 120)
+    _all_applied(worker, published, worker_counts, wait)
     second_users = _users(second)
 
     def churn_covering_second_half() -> list[dict] | None:
@@ -130,6 +130,12 @@ def test_a_corrupt_model_at_a_hot_swap_is_refused_and_the_old_one_keeps_serving(
     churn = wait(churn_covering_second_half, 60, 1.0)
     assert {v["models"]["onnx"] for v in churn} == {old}
     assert rejected_total(worker.url) == 2
+
+
+def _all_applied(worker, published: int, worker_counts, wait) -> None:
+    counts = wait(lambda: (c := worker_counts(worker)) and c.consumed >= published and c, 120)
+    assert counts.rejected_total == 0, counts.rejected  # e.g. late: alignment lost events
+    assert counts.applied == published
 
 
 def _users(log: Path) -> set[str]:

@@ -24,8 +24,10 @@ def test_blend_beats_onnx_alone_on_an_orders_only_shop(tmp_path) -> None:
     config = GeneratorConfig(users=2000, days=120, seed=9)
     write_log(config, log)
     orders = [e for e in clean_log(log) if isinstance(e, Order)]
-    run = evaluate_log(orders, load_models(), config=ScoringConfig(churn_horizon_ms=HORIZON))
     at = config.start_ms + 75 * DAY_MS  # after ~1.5 horizons of labels; judged up to day 105
+    run = evaluate_log(
+        orders, load_models(), config=ScoringConfig(churn_horizon_ms=HORIZON), clock_at=[at]
+    )
     judged = snapshot_records(run, at, HORIZON)
     y = np.array([label for _r, label in judged])
     assert 0 < y.sum() < len(y)
