@@ -371,8 +371,14 @@ class ShopscoreApp:
                 )
             )
             arrived[user_id] = ref.message.timestamp
-        await self.serving.score(users, churn_only=False, arrived=arrived)
-        await self._deliver_due(users)
+        try:
+            await self.serving.score(users, churn_only=False, arrived=arrived)
+            await self._deliver_due(users)
+        except Exception:
+            # A scoring bug must not stop ingestion (the states above are written and the
+            # events will be acked): log it with its traceback, count it, go on.
+            log.exception("scoring a batch of %d users failed", len(users))
+            self.metrics.scoring_errors.inc()
 
     async def _deliver_due(self, users: list[UserInput]) -> None:
         """Stream time moved on: deliver the labels that fell due on each partition (churn

@@ -196,6 +196,12 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.scoring_errors = Counter(
+            "shopscore_scoring_errors_total",
+            "Batches whose scoring failed with an unexpected error (a bug; logged with its "
+            "traceback). Their events are applied to the features; their scores are missing.",
+            registry=r,
+        )
         self.model_rejected = Counter(
             "shopscore_model_rejected_total",
             "New model sets refused at a hot swap (corrupt, or another feature schema); the "

@@ -221,6 +221,23 @@ class Serving:
         await self.score(idle, churn_only=True)
         return len(idle)
 
+    def _export_online_metrics(self, partitions: Iterable[int]) -> None:
+        # Rolling metrics are per partition's learner; the gauge shows the latest one updated,
+        # labelled by model and metric only (bounded cardinality).
+        for partition in partitions:
+            learners = self._learners.get(partition)
+            if learners is None:
+                continue
+            for name, value in learners.churn.metrics().items():
+                if value == value:  # NaN until both classes were seen
+                    self.metrics.online_metric.labels("churn", name).set(value)
+            for name, value in learners.interest.metrics().items():
+                if value == value:
+                    self.metrics.online_metric.labels("interest", name).set(value)
+            self.metrics.online_metric.labels("churn", "weight_online").set(
+                learners.churn.weight_online
+            )
+
     # -- models -----------------------------------------------------------------------------
 
     def _publish_model_info(self) -> None:
