@@ -136,6 +136,9 @@ class ShopscoreApp:
             broker_heartbeat_interval=min(1.0, settings.session_timeout_ms / 3000),
             consumer_auto_offset_reset="earliest",
             processing_guarantee="at_least_once",
+            # On revocation Faust would wait for the events the aligner holds, while the
+            # partitions they wait for are paused; the new owner reads them again anyway.
+            stream_wait_empty=False,
             # Scores and changelogs are many small messages: a few ms of linger batches them
             # into far fewer produce requests (the worker was bound by socket writes).
             producer_linger=0.005,
@@ -343,11 +346,19 @@ class ShopscoreApp:
     async def _score_applied(self, result: BatchResult) -> None:
         """Score every user with newly applied events, once per batch (their last event is
         the trigger), before the batch's events are acked."""
-        if not result.applied:
+        if not result.applied and not result.redelivered:
             return
         events: dict[str, list[Any]] = {}
         for event in result.applied:
             events.setdefault(event.user_id, []).append(event)
+        # A user whose events were all redelivered (after a crash) is scored again too: the
+        # crash may have come between writing the state and publishing the scores.
+        last_seen: dict[str, Any] = {}
+        for event in result.redelivered:
+            if event.user_id not in events:
+                last_seen[event.user_id] = max(
+                    event, last_seen.get(event.user_id, event), key=lambda e: e.ts
+                )
         users: list[UserInput] = []
         arrived: dict[str, float] = {}
         for user_id, applied in events.items():
@@ -371,6 +382,21 @@ class ShopscoreApp:
                 )
             )
             arrived[user_id] = ref.message.timestamp
+        for user_id, event in last_seen.items():
+            ref = result.touched[user_id]
+            self._partition_event[ref.message.partition] = ref
+            state = result.states[user_id]
+            users.append(
+                UserInput(
+                    user_id,
+                    ref.message.partition,
+                    state,
+                    self.serving.user_scores(user_id),
+                    [],
+                    state.max_ts or event.ts,
+                    event.event_id,
+                )
+            )
         try:
             await self.serving.score(users, churn_only=False, arrived=arrived)
             await self._deliver_due(users)

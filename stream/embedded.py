@@ -268,8 +268,9 @@ async def _stream(
         status.update(_status(counts, replay.published, t0))
         if producer.done():
             producer.result()  # surface publishing errors
-            if local_stop.is_set() or counts.consumed >= replay.published:
-                break
+            processed = counts.applied + counts.rejected_total + counts.duplicates
+            if local_stop.is_set() or processed >= replay.published:
+                break  # every event applied (and scored), dead-lettered or recognised
         if worker.proc is not None and worker.proc.poll() is not None:
             raise ShopscoreError(f"worker exited with code {worker.proc.returncode}")
         with contextlib.suppress(asyncio.TimeoutError):

@@ -42,6 +42,8 @@ class BatchResult:
     states: dict[str, UserState] = field(default_factory=dict)
     touched: dict[str, Any] = field(default_factory=dict)
     applied: list[Event] = field(default_factory=list)
+    #: Duplicates recognised (already applied before, e.g. redelivered after a crash).
+    redelivered: list[Event] = field(default_factory=list)
     dead_letters: list[tuple[bytes | None, dict]] = field(default_factory=list)
     misrouted: list[tuple[Any, str]] = field(default_factory=list)
     consumed: Counter[str] = field(default_factory=Counter)
@@ -124,6 +126,7 @@ def apply_clean(
         result.touched[user_id] = ref
         if outcome is Outcome.DUPLICATE:
             result.duplicates[msg.topic] += 1
+            result.redelivered.append(event)
         elif outcome is Outcome.LATE:
             behind = (state.max_ts or 0) - event.ts
             _dead_letter(result, msg, "late", f"{behind} ms behind the user's newest event", now_ms)

@@ -81,7 +81,19 @@ async def _probe(
         await probe.stop()
 
 
+#: How long a fetch may wait for data. Faust fixes 1.5 s, and the embedded broker answers a
+#: fetch only when that wait ends, not when data arrives: every event would wait up to 1.5 s
+#: (and a caught-up partition's high watermark would be that stale for the event-time
+#: aligner). 50 ms costs a few idle requests a second.
+FETCH_MAX_WAIT_MS = 50
+
+
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_consumer(self, loop: asyncio.AbstractEventLoop) -> AIOKafkaConsumer:
+        consumer = super()._create_consumer(loop=loop)
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by its Fetcher at start()
+        return consumer
+
     async def _highwaters(self, partitions: list[TopicPartition]) -> Mapping[TopicPartition, int]:
         if self.consumer.in_transaction:
             return await super()._highwaters(partitions)

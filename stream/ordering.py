@@ -5,9 +5,11 @@ consumer does not read them in step: the sparse ``orders`` topic can be hours or
 time ahead of ``clicks`` in one fetch. Applied as read, a user's orders would land before their
 clicks and every later click would be "late". The aligner holds events per partition number and
 releases them in event-time order, up to the low watermark of the topics that still have data
-to deliver. A topic that is caught up does not hold others back, and neither does one that has
-delivered nothing for ``max_hold_s`` of wall time: a stalled partition delays, never blocks,
-the others. A topic that is merely slow (a backlog being read) keeps holding them.
+to deliver. A topic that is caught up does not hold others back. One whose state is unknown
+(not fetched yet, being reassigned) holds them for at most ``max_hold_s`` of wall time. One
+known to have more data on the broker keeps holding them however long that takes: a worker
+busy scoring a backlog can leave a partition's buffer untouched for many seconds, and giving
+up on it then would turn its events into late ones.
 
 A topic counts as caught up only from a fetch that is at least as recent as the one that
 brought the event being released. A high watermark is a snapshot: when a replay squeezes days
@@ -134,14 +136,17 @@ class EventTimeAligner(Generic[T]):
                 continue
             key = (topic, partition)
             head = self._head.get(key)
+            known_behind = state is False  # the broker has more of it: it will come
             if head is None:
-                # Data may exist but none has arrived yet: hold, unless the oldest held item
-                # has waited max_hold_s already.
+                # Nothing has arrived yet: hold. When it is not even known whether data exists,
+                # only until the oldest held item has waited max_hold_s.
+                if known_behind:
+                    return float("-inf"), fresh_ms
                 oldest = min(entry[2] for entry in self._heaps[partition])
                 if oldest > stalled_before:
                     return float("-inf"), fresh_ms
                 continue
-            if self._last_push[key] < stalled_before:
-                continue  # stalled: stop waiting for it
+            if not known_behind and self._last_push[key] < stalled_before:
+                continue  # stalled (and not known to have more): stop waiting for it
             watermark = min(watermark, head)
         return watermark, fresh_ms

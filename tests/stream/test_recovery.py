@@ -56,7 +56,7 @@ def test_restarted_worker_recovers_every_users_state(
     second = start_worker(settings, name="second")
     assert replay.wait(timeout=300) == 0
     published = json.loads(replay.stdout.read().strip().splitlines()[-1])["published"]
-    wait(lambda: worker_counts(second).lag == 0 and worker_counts(second).consumed > 0, 120)
+    wait(lambda: worker_counts(second).lag == 0 and worker_counts(second).consumed > 0, 240)
     mismatches: list = []
 
     def settled() -> bool:
@@ -64,6 +64,6 @@ def test_restarted_worker_recovers_every_users_state(
         return not mismatches
 
     try:
-        wait(settled, 90, 2.0)
+        wait(settled, 240, 2.0)
     except AssertionError:
         pytest.fail(f"{len(mismatches)} users differ, e.g. {mismatches[:2]} ({published} events)")
