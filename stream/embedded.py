@@ -277,6 +277,11 @@ async def _stream(
             await asyncio.wait_for(local_stop.wait(), 0.25)
         if local_stop.is_set() and producer.done():
             break
+    if not local_stop.is_set():
+        # Gauges (users held, lag) refresh every second: read the final figures after that.
+        await asyncio.sleep(1.5)
+        with contextlib.suppress(OSError):
+            counts = await loop.run_in_executor(None, read_worker_metrics, worker.url)
     status.update(_status(counts, replay.published, t0), force=True)
     status.close()
     watcher.cancel()
