@@ -163,28 +163,11 @@ class ShopscoreApp:
             settings.topic(t): self.app.topic(settings.topic(t)) for t in INPUT_TOPICS
         }
         self.dlq = self.app.topic(settings.topic(DLQ))
-        # Faust derives a table's codecs from Record key/value types, else JSON. The state is a
-        # plain class of the Faust-free core, so the changelog topic is declared here with the
-        # state codec, and the table is told to write with it too.
-        changelog = self.app.topic(
-            f"{settings.app_id}-users-changelog",
-            key_type=bytes,
-            key_serializer="raw",
-            value_serializer="shopscore_state",
-            partitions=settings.partitions,
-            compacting=True,
-            deleting=False,
-            acks=False,
-            internal=True,
-        )
-        self.users = self.app.Table(
+        self.users = self._codec_table(
             "users",
-            partitions=settings.partitions,
-            key_type=bytes,
-            changelog_topic=changelog,
-            help="Per-user state (features), keyed by the user_id's UTF-8 bytes.",
+            "shopscore_state",
+            "Per-user state (features), keyed by the user_id's UTF-8 bytes.",
         )
-        self.users.value_serializer = "shopscore_state"
         self._contract_name = {settings.topic(t): t for t in INPUT_TOPICS}
         self.clock = self.app.Table(
             "clock",
@@ -195,24 +178,9 @@ class ShopscoreApp:
         )
         # Scoring state beside the features (``stream.scoring.state``): per user, and the
         # online learners per partition (key: the partition number).
-        self.scores = self.app.Table(
-            "scores",
-            partitions=settings.partitions,
-            key_type=bytes,
-            changelog_topic=self.app.topic(
-                f"{settings.app_id}-scores-changelog",
-                key_type=bytes,
-                key_serializer="raw",
-                value_serializer="shopscore_scores",
-                partitions=settings.partitions,
-                compacting=True,
-                deleting=False,
-                acks=False,
-                internal=True,
-            ),
-            help="Per-user latest scores and predictions awaiting their labels.",
+        self.scores = self._codec_table(
+            "scores", "shopscore_scores", "Per-user latest scores and predictions awaiting labels."
         )
-        self.scores.value_serializer = "shopscore_scores"
         self.learners = self.app.Table(
             "learners",
             partitions=settings.partitions,
@@ -245,6 +213,34 @@ class ShopscoreApp:
         self._register_agents()
         self._register_views()
         self._register_timers()
+
+    def _codec_table(self, name: str, codec: str, help: str) -> Any:
+        """A table of plain objects of the Faust-free core, written with ``codec``.
+
+        Faust derives a table's codecs from Record key/value types, else JSON, so the changelog
+        topic is declared here with the codec, and the table is told to write with it too.
+        """
+        settings = self.settings
+        changelog = self.app.topic(
+            f"{settings.app_id}-{name}-changelog",
+            key_type=bytes,
+            key_serializer="raw",
+            value_serializer=codec,
+            partitions=settings.partitions,
+            compacting=True,
+            deleting=False,
+            acks=False,
+            internal=True,
+        )
+        table = self.app.Table(
+            name,
+            partitions=settings.partitions,
+            key_type=bytes,
+            changelog_topic=changelog,
+            help=help,
+        )
+        table.value_serializer = codec
+        return table
 
     # -- agents -----------------------------------------------------------------------------
 
@@ -414,9 +410,7 @@ class ShopscoreApp:
         for user in users:
             stream_time[user.partition] = max(stream_time.get(user.partition, 0), user.at_ms)
         for partition, now in sorted(stream_time.items()):
-            await self.serving.deliver_due(
-                partition, now, lambda p=partition: self._users_of(p)
-            )
+            await self.serving.deliver_due(partition, now, lambda p=partition: self._users_of(p))
 
     def _hold_tick(self, event: EventT, wall: float) -> None:
         """A clock message joins the aligner (it holds nothing back itself)."""
@@ -451,9 +445,7 @@ class ShopscoreApp:
         start or an assignment; then kept up to date as users are touched)."""
         users = self._partition_users.get(partition)
         if users is None:
-            users = {
-                key.decode() for key in self.users if self._owns(key.decode(), partition)
-            }
+            users = {key.decode() for key in self.users if self._owns(key.decode(), partition)}
             self._partition_users[partition] = users
         return users
 
