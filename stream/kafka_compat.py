@@ -1,16 +1,26 @@
-"""Working around a Kafka-protocol broker that answers ListOffsets(latest) short of the true end.
+"""Working around a Kafka-protocol broker's and Faust's gaps that would lose state.
 
+End offsets. 
 The embedded Tansu broker reports a partition's end offset as the base offset of its last
 record batch plus one; with batched produce (every Faust changelog) that is short of the real
 end. Faust reads a table's changelog up to that reported end when it recovers, so state written
 in the last batch would be silently lost on restart. A fetch response's high watermark is right
 on every broker, so the end offsets Faust asks for are corrected with one fetch. On Apache
 Kafka the two agree and the correction changes nothing.
+
+Flush before commit. Faust flushes its producer before committing consumer offsets, but its
+buffer's flush gives up after 0.1 s without a message sent and does not count the message its
+sender task is handing to the client. Offsets could then be committed for events whose table
+changelog writes were still in the buffer: a ``kill -9`` at that moment lost them for good
+(seen as users missing one event after a crash). The producer here drains the buffer
+completely, then waits for the client's own flush, so a commit follows every write before it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -18,6 +28,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 __all__ = ["install", "true_end_offsets"]
+
+log = logging.getLogger(__name__)
 
 
 async def true_end_offsets(
@@ -105,6 +117,53 @@ class _Consumer(faust_aiokafka.Consumer):
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
 
+class _Producer(faust_aiokafka.Producer):
+    """Faust's producer whose ``flush`` returns only when nothing sent before it is pending
+    (see module docstring, "Flush before commit")."""
+
+    #: How often a flush that makes no progress says so (it keeps waiting: committing
+    #: offsets before their writes are produced would lose them on a crash).
+    STALL_WARNING_S = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.handing_over = 0
+        send_pending = self.buffer._send_pending
+
+        async def _send_pending(fut: Any) -> None:
+            # Bound before the buffer's sender task starts, which looks the method up once.
+            self.handing_over += 1
+            try:
+                await send_pending(fut)
+            finally:
+                self.handing_over -= 1
+
+        self.buffer._send_pending = _send_pending  # type: ignore[method-assign]
+
+    async def flush(self) -> None:
+        buffer = self.buffer
+        stalled_since = time.monotonic()
+        while buffer.size or self.handing_over:
+            if buffer.state != "running":
+                raise RuntimeError("Cannot flush: the producer buffer is not running")
+            buffer.message_sent.clear()
+            try:
+                await asyncio.wait_for(buffer.message_sent.wait(), timeout=1.0)
+                stalled_since = time.monotonic()
+            except asyncio.TimeoutError:
+                if time.monotonic() - stalled_since >= self.STALL_WARNING_S:
+                    log.warning(
+                        "producer flush: %d messages pending, none sent for %.0f s "
+                        "(broker unreachable?); offsets are not committed until they are",
+                        buffer.size + self.handing_over,
+                        time.monotonic() - stalled_since,
+                    )
+                    stalled_since = time.monotonic()
+        await super().flush()
+
+
 def install() -> None:
-    """Make Faust's Kafka transport use the corrected end offsets (idempotent)."""
+    """Make Faust's Kafka transport use the corrected end offsets and the draining producer
+    flush (idempotent)."""
     faust_aiokafka.Transport.Consumer = _Consumer
+    faust_aiokafka.Transport.Producer = _Producer

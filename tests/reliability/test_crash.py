@@ -14,11 +14,6 @@ pytestmark = pytest.mark.broker
 KILLS = 5
 
 
-@pytest.mark.xfail(
-    reason="known bug, open in issue 7: after repeated kill -9 some users' features lag the "
-    "offline computation within the wait (investigation unfinished)",
-    strict=False,
-)
 def test_five_kill_9s_lose_no_event_and_every_user_has_scores(
     settings, start_worker, wait, worker_counts, dump, helpers, settle, wait_lag_zero, tmp_path
 ) -> None:
