@@ -1,12 +1,11 @@
 """Working around a Kafka-protocol broker's and Faust's gaps that would lose state.
 
-End offsets. 
-The embedded Tansu broker reports a partition's end offset as the base offset of its last
-record batch plus one; with batched produce (every Faust changelog) that is short of the real
-end. Faust reads a table's changelog up to that reported end when it recovers, so state written
-in the last batch would be silently lost on restart. A fetch response's high watermark is right
-on every broker, so the end offsets Faust asks for are corrected with one fetch. On Apache
-Kafka the two agree and the correction changes nothing.
+End offsets. The embedded Tansu broker reports a partition's end offset as the base offset of
+its last record batch plus one; with batched produce (every Faust changelog) that is short of
+the real end. Faust reads a table's changelog up to that reported end when it recovers, so state
+written in the last batch would be silently lost on restart. A fetch response's high watermark
+is right on every broker, so the end offsets Faust asks for are corrected with one fetch. On
+Apache Kafka the two agree and the correction changes nothing.
 
 Flush before commit. Faust flushes its producer before committing consumer offsets, but its
 buffer's flush gives up after 0.1 s without a message sent and does not count the message its
