@@ -53,6 +53,7 @@ def main() -> None:
         events = read_log(log)
         _progress(f"replaying {len(events):,} events")
         summary = asyncio.run(publish(settings, events))
+        del events  # ~4 KB per event: free it before the outputs are dumped and judged
         started = time.monotonic()
         first = None
         last_produced, quiet_since = -1.0, time.monotonic()
