@@ -27,8 +27,10 @@ from stream.errors import ConfigError
 from stream.events import INPUT_TOPICS, TOPIC_OF_KIND
 from stream.features import UserState, decode_state, describe, encode_state
 from stream.ingest import BatchResult, RawMessage, apply_clean, clean_message
+from stream.kafka_compat import first_offsets
 from stream.kafka_compat import install as install_kafka_compat
 from stream.metrics import Metrics
+from stream.offsets import OffsetContinuity, Verdict
 from stream.ordering import EventTimeAligner
 from stream.scoring.engine import UserInput
 from stream.scoring.state import UserScores
@@ -39,6 +41,11 @@ from stream.topics import CLOCK, DLQ, OUTPUT_TOPICS
 __all__ = ["ShopscoreApp", "create_app"]
 
 log = logging.getLogger("shopscore")
+
+#: How long a partition whose fetch position is past the agent's offsets may deliver nothing
+#: before its missing tail is read again (``ShopscoreApp._lost_tails``). A busy agent may leave
+#: fetched messages queued for seconds; a needless re-read only costs skipped duplicates.
+LOST_TAIL_QUIET_S = 10.0
 
 
 class _UserStateCodec(codecs.Codec):
@@ -209,6 +216,9 @@ class ShopscoreApp:
         self._last_offset: dict[TP, int] = {}
         self._ack_queues: defaultdict[TP, deque[EventT]] = defaultdict(deque)
         self._done: set[int] = set()
+        self.continuity = OffsetContinuity()
+        self._delivered_at: dict[TP, float] = {}
+        self._log_start: dict[TP, int] = {}
         self._stream: faust.StreamT | None = None
         self._register_agents()
         self._register_views()
@@ -275,10 +285,16 @@ class ShopscoreApp:
         last = self._last_offset.get(tp)
         if last is not None:
             caught_up = last + 1 >= highwater
-        elif state.has_valid_position:  # nothing read since start: the fetch position
-            caught_up = state.position >= highwater
+        elif (committed := self.app.consumer._committed_offset.get(tp)) is not None:  # type: ignore[attr-defined]
+            # Nothing delivered since the assignment: the agent starts at the committed offset.
+            # (Not the fetch position: fetched records may wait in Faust's queues for seconds
+            # behind a backlog of other topics, and calling their topic caught up then released
+            # those topics' events ahead of them, which then arrived late.)
+            caught_up = committed >= highwater
+        elif (start := self._log_start.get(tp)) is not None:
+            caught_up = start >= highwater  # no commit yet: reading starts at the log's start
         else:
-            return None
+            return None  # where reading starts is not known: the aligner waits a while
         if not caught_up:
             return False
         return float(state.timestamp) if state.timestamp is not None else True
@@ -467,6 +483,68 @@ class ShopscoreApp:
         await self.serving.score(idle, churn_only=True)
         return scored + len(idle)
 
+    def _take(self, message: Any, rewind: dict[TP, int]) -> bool:
+        """Whether ``message`` continues its partition's offsets (``stream.offsets``); a gap
+        puts the partition's first missing offset into ``rewind``."""
+        tp = message.tp
+        committed = self.app.consumer._committed_offset.get(tp)  # type: ignore[attr-defined]
+        now = time.monotonic()
+        verdict = self.continuity.check(tp, message.offset, committed, now=now)
+        if verdict is Verdict.REWIND:
+            expected = self.continuity.expected(tp)
+            if expected is not None:
+                rewind[tp] = expected
+        if verdict is Verdict.TAKE:
+            self._delivered_at[tp] = now
+        return verdict is Verdict.TAKE
+
+    def _lost_tails(self, now: float, quiet_s: float) -> dict[TP, int]:
+        """Partitions whose fetch position is past what the agent got, and that delivered
+        nothing for ``quiet_s``: a message lost at a partition's end leaves no later offset to
+        reveal the gap (and would hold back event-time alignment for good)."""
+        rewind: dict[TP, int] = {}
+        for tp, delivered_at in self._delivered_at.items():
+            expected = self.continuity.expected(tp)
+            if expected is None or now - delivered_at < quiet_s:
+                continue
+            state = self._fetch_state(tp)
+            if state is None or not state.has_valid_position:
+                continue
+            if state.position > expected:
+                rewind[tp] = expected
+        return rewind
+
+    async def _rewind(self, rewind: dict[TP, int]) -> None:
+        """Seek partitions back to offsets that were skipped before reaching the agent, after
+        asking the broker which of them exist (a real gap is accepted, not re-read forever)."""
+        consumer = self.app.consumer._thread._ensure_consumer()  # type: ignore[attr-defined]
+        try:
+            first = await first_offsets(consumer, rewind)
+        except Exception as exc:  # broker unreachable: seek anyway, the probe is retried later
+            log.warning("offset probe failed (%s); reading again from the expected offsets", exc)
+            first = {}
+        now = time.monotonic()
+        for tp, offset in list(rewind.items()):
+            found = first.get(tp, offset)
+            if found > offset:
+                log.warning(
+                    "%s: offsets %d..%d are not on the broker (compaction or transaction "
+                    "markers); going on from %d",
+                    tp,
+                    offset,
+                    found - 1,
+                    found,
+                )
+                self.continuity.accept(tp, found)
+                rewind[tp] = found
+            else:
+                log.warning(
+                    "%s: offset %d never reached the agent; reading again from it", tp, offset
+                )
+                self.metrics.rewinds.labels(self._contract_name.get(tp.topic, CLOCK)).inc()
+            self._delivered_at[tp] = now
+        await self.app.consumer.seek_wait(rewind)
+
     async def _flush_acks(self) -> None:
         """Ack each partition's messages in offset order, up to the first one still held.
 
@@ -501,11 +579,16 @@ class ShopscoreApp:
                 now_ms = int(time.time() * 1000)
                 wall = time.monotonic()
                 result = BatchResult()
+                rewind: dict[TP, int] = {}
                 for event in events:
                     message = event.message
                     # Every message is acked by us, in offset order (``_flush_acks``); this
-                    # reference outlives take_events' own ack of the batch.
+                    # reference outlives take_events' own ack of the batch. A message that is
+                    # not taken (``stream.offsets``) keeps it for good: it is never acked, its
+                    # in-order twin is.
                     message.incref()
+                    if not self._take(message, rewind):
+                        continue
                     self._ack_queues[message.tp].append(event)
                     if message.topic == self._clock_name:
                         self._hold_tick(event, wall)
@@ -532,6 +615,8 @@ class ShopscoreApp:
                             now=wall,
                             fetched_ms=self._fetched_ms(message.tp),
                         )
+                if rewind:
+                    await self._rewind(rewind)
                 await self._apply_released(result, now_ms)
                 metrics.batch_size.observe(len(events))
                 metrics.batch_seconds.observe(time.perf_counter() - started)
@@ -554,12 +639,27 @@ class ShopscoreApp:
 
         self.app.timer(0.2, name="shopscore.release_held")(release_held)
 
+        @self.app.on_partitions_assigned.connect
+        async def note_log_starts(app: Any, assigned: set[TP], **kwargs: Any) -> None:
+            # Where a partition with no committed offset starts (``_caught_up``).
+            inputs = [tp for tp in assigned if tp.topic in self._contract_name]
+            if not inputs:
+                return
+            try:
+                self._log_start.update(await self.app.consumer.earliest_offsets(*inputs))
+            except Exception as exc:  # unknown starts only make the aligner wait a while
+                log.warning("could not read the input partitions' first offsets: %s", exc)
+
         @self.app.on_partitions_revoked.connect
         async def forget_revoked(app: Any, revoked: set[TP], **kwargs: Any) -> None:
             # Held events of revoked partitions are not applied here: they are uncommitted,
             # so their new owner reads them again.
             dropped = self.aligner.forget_partitions({tp.partition for tp in revoked})
             self.serving.forget({tp.partition for tp in revoked})
+            self.continuity.forget(revoked)
+            for tp in revoked:
+                self._delivered_at.pop(tp, None)
+                self._last_offset.pop(tp, None)
             for tp in revoked:
                 self._partition_users.pop(tp.partition, None)
             for tp in revoked:
@@ -590,6 +690,13 @@ class ShopscoreApp:
                 metrics.lag.labels(name, partition).set(value)
 
         self.app.timer(1.0, name="shopscore.refresh_gauges")(refresh_gauges)
+
+        async def reread_lost_tails() -> None:
+            rewind = self._lost_tails(time.monotonic(), LOST_TAIL_QUIET_S)
+            if rewind:
+                await self._rewind(rewind)
+
+        self.app.timer(1.0, name="shopscore.reread_lost_tails")(reread_lost_tails)
 
         async def watch_models() -> None:
             await self.serving.maybe_swap_models()

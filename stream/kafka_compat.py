@@ -26,7 +26,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-__all__ = ["install", "true_end_offsets"]
+__all__ = ["first_offsets", "install", "true_end_offsets"]
 
 log = logging.getLogger(__name__)
 
@@ -43,19 +43,79 @@ async def true_end_offsets(
     listed = await consumer.end_offsets(tps)
     if not any(listed.values()):
         return dict(listed)
+    servers, security = _connection(consumer)
+    return await asyncio.get_running_loop().run_in_executor(
+        None, lambda: asyncio.run(_probe(servers, dict(listed), timeout, security))
+    )
+
+
+def _connection(consumer: AIOKafkaConsumer) -> tuple[str, dict[str, Any]]:
+    """Bootstrap servers and security settings of ``consumer``: a probe connects like the
+    consumer it checks (SASL/TLS on a secured cluster)."""
     client = consumer._client
-    servers = client._bootstrap_servers
-    # The probe connects like the consumer it corrects (SASL/TLS on a secured cluster).
-    security = {
+    return client._bootstrap_servers, {
         "security_protocol": client._security_protocol,
         "ssl_context": client._ssl_context,
         "sasl_mechanism": client._sasl_mechanism,
         "sasl_plain_username": client._sasl_plain_username,
         "sasl_plain_password": client._sasl_plain_password,
     }
+
+
+async def first_offsets(
+    consumer: AIOKafkaConsumer, wanted: Mapping[TopicPartition, int], timeout: float = 5.0
+) -> dict[TopicPartition, int]:
+    """For each partition, the first offset the broker holds at or after the wanted one (its
+    end offset when there is none). Tells a real gap in a partition's offsets (compaction,
+    transaction markers) from a message lost on its way to the agent (``stream.offsets``).
+    Partitions the probe could not read in ``timeout`` are left out."""
+    servers, security = _connection(consumer)
     return await asyncio.get_running_loop().run_in_executor(
-        None, lambda: asyncio.run(_probe(servers, dict(listed), timeout, security))
+        None, lambda: asyncio.run(_first_offsets(servers, dict(wanted), timeout, security))
     )
+
+
+async def _first_offsets(
+    servers: str,
+    wanted: dict[TopicPartition, int],
+    timeout: float,
+    security: Mapping[str, Any],
+) -> dict[TopicPartition, int]:
+    probe = AIOKafkaConsumer(
+        bootstrap_servers=servers,
+        client_id="shopscore-offset-probe",
+        group_id=None,
+        enable_auto_commit=False,
+        **security,
+    )
+    await probe.start()
+    try:
+        probe.assign(list(wanted))
+        for tp, offset in wanted.items():
+            probe.seek(tp, offset)
+        found: dict[TopicPartition, int] = {}
+        empty: dict[TopicPartition, int] = dict.fromkeys(wanted, 0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(found) < len(wanted) and loop.time() < deadline:
+            pending = [tp for tp in wanted if tp not in found]
+            batch = await probe.getmany(*pending, timeout_ms=200, max_records=len(pending))
+            for tp in pending:
+                records = batch.get(tp)
+                highwater = probe.highwater(tp)
+                if records:
+                    found[tp] = records[0].offset
+                elif highwater is not None and highwater <= wanted[tp]:
+                    found[tp] = highwater  # nothing at or after the wanted offset yet
+                elif highwater is not None:
+                    # Fetches answered, below a higher end, with no record: what lies between
+                    # is not records (transaction markers at a partition's end).
+                    empty[tp] += 1
+                    if empty[tp] >= EMPTY_FETCHES_FOR_A_GAP:
+                        found[tp] = highwater
+        return found
+    finally:
+        await probe.stop()
 
 
 async def _probe(
@@ -91,6 +151,10 @@ async def _probe(
     finally:
         await probe.stop()
 
+
+#: Empty fetch answers below a partition's end after which the offsets up to it are taken as
+#: holding no record (``first_offsets``).
+EMPTY_FETCHES_FOR_A_GAP = 5
 
 #: How long a fetch may wait for data. Faust fixes 1.5 s, and the embedded broker answers a
 #: fetch only when that wait ends, not when data arrives: every event would wait up to 1.5 s

@@ -113,6 +113,13 @@ class Metrics:
             ["topic"],
             registry=r,
         )
+        self.rewinds = Counter(
+            "shopscore_input_rewinds_total",
+            "Seeks back to an input offset that was skipped before reaching the agent "
+            "(stream.offsets); each is followed by a re-read, nothing is lost.",
+            ["topic"],
+            registry=r,
+        )
         self.applied = Counter(
             "shopscore_events_applied_total",
             "Input events applied to a user's state.",
