@@ -525,8 +525,12 @@ class ShopscoreApp:
             first = {}
         now = time.monotonic()
         for tp, offset in list(rewind.items()):
-            found = first.get(tp, offset)
-            if found > offset:
+            found = first.get(tp)
+            if found is None:
+                # No record at or after it came back (the broker is slow, or the partition ends
+                # in offsets that hold none): read again from it, no gap is assumed.
+                log.info("%s: reading again from offset %d", tp, offset)
+            elif found > offset:
                 log.warning(
                     "%s: offsets %d..%d are not on the broker (compaction or transaction "
                     "markers); going on from %d",

@@ -67,8 +67,9 @@ async def first_offsets(
 ) -> dict[TopicPartition, int]:
     """For each partition, the first offset the broker holds at or after the wanted one (its
     end offset when there is none). Tells a real gap in a partition's offsets (compaction,
-    transaction markers) from a message lost on its way to the agent (``stream.offsets``).
-    Partitions the probe could not read in ``timeout`` are left out."""
+    transaction markers) from a message lost on its way to the agent (``stream.offsets``):
+    only a record the broker returns proves offsets before it absent. Partitions the probe
+    could not read in ``timeout`` (or that end in offsets without records) are left out."""
     servers, security = _connection(consumer)
     return await asyncio.get_running_loop().run_in_executor(
         None, lambda: asyncio.run(_first_offsets(servers, dict(wanted), timeout, security))
@@ -94,25 +95,19 @@ async def _first_offsets(
         for tp, offset in wanted.items():
             probe.seek(tp, offset)
         found: dict[TopicPartition, int] = {}
-        empty: dict[TopicPartition, int] = dict.fromkeys(wanted, 0)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while len(found) < len(wanted) and loop.time() < deadline:
             pending = [tp for tp in wanted if tp not in found]
-            batch = await probe.getmany(*pending, timeout_ms=200, max_records=len(pending))
+            # Every record fetched, not a few: with a cap, one partition's records could fill
+            # it and another's look absent.
+            batch = await probe.getmany(*pending, timeout_ms=200)
             for tp in pending:
                 records = batch.get(tp)
-                highwater = probe.highwater(tp)
                 if records:
                     found[tp] = records[0].offset
-                elif highwater is not None and highwater <= wanted[tp]:
+                elif (highwater := probe.highwater(tp)) is not None and highwater <= wanted[tp]:
                     found[tp] = highwater  # nothing at or after the wanted offset yet
-                elif highwater is not None:
-                    # Fetches answered, below a higher end, with no record: what lies between
-                    # is not records (transaction markers at a partition's end).
-                    empty[tp] += 1
-                    if empty[tp] >= EMPTY_FETCHES_FOR_A_GAP:
-                        found[tp] = highwater
         return found
     finally:
         await probe.stop()
@@ -151,10 +146,6 @@ async def _probe(
     finally:
         await probe.stop()
 
-
-#: Empty fetch answers below a partition's end after which the offsets up to it are taken as
-#: holding no record (``first_offsets``).
-EMPTY_FETCHES_FOR_A_GAP = 5
 
 #: How long a fetch may wait for data. Faust fixes 1.5 s, and the embedded broker answers a
 #: fetch only when that wait ends, not when data arrives: every event would wait up to 1.5 s

@@ -14,12 +14,6 @@ pytestmark = pytest.mark.broker
 KILLS = 5
 
 
-@pytest.mark.xfail(
-    reason="known bug, open in issue 7: in about half the runs, after repeated kill -9 either a "
-    "restarted worker receives no batch at all within 120 s, or some users miss orders/cart "
-    "events (never clicks) that an earlier worker held for event-time alignment",
-    strict=False,
-)
 def test_five_kill_9s_lose_no_event_and_every_user_has_scores(
     settings, start_worker, wait, worker_counts, dump, helpers, settle, wait_lag_zero, tmp_path
 ) -> None:
