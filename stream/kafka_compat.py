@@ -18,9 +18,10 @@ completely, then waits for the client's own flush, so a commit follows every wri
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -82,18 +83,7 @@ async def _first_offsets(
     timeout: float,
     security: Mapping[str, Any],
 ) -> dict[TopicPartition, int]:
-    probe = AIOKafkaConsumer(
-        bootstrap_servers=servers,
-        client_id="shopscore-offset-probe",
-        group_id=None,
-        enable_auto_commit=False,
-        **security,
-    )
-    await probe.start()
-    try:
-        probe.assign(list(wanted))
-        for tp, offset in wanted.items():
-            probe.seek(tp, offset)
+    async with _reader(servers, security, "shopscore-offset-probe", wanted) as probe:
         found: dict[TopicPartition, int] = {}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -109,8 +99,31 @@ async def _first_offsets(
                 elif (highwater := probe.highwater(tp)) is not None and highwater <= wanted[tp]:
                     found[tp] = highwater  # nothing at or after the wanted offset yet
         return found
+
+
+@contextlib.asynccontextmanager
+async def _reader(
+    servers: str,
+    security: Mapping[str, Any],
+    client_id: str,
+    positions: Mapping[TopicPartition, int],
+) -> AsyncIterator[AIOKafkaConsumer]:
+    """A group-less consumer assigned to ``positions`` and sought to them."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=servers,
+        client_id=client_id,
+        group_id=None,
+        enable_auto_commit=False,
+        **security,
+    )
+    await consumer.start()
+    try:
+        consumer.assign(list(positions))
+        for tp, offset in positions.items():
+            consumer.seek(tp, offset)
+        yield consumer
     finally:
-        await probe.stop()
+        await consumer.stop()
 
 
 async def _probe(
@@ -119,19 +132,8 @@ async def _probe(
     timeout: float,
     security: Mapping[str, Any] | None = None,
 ) -> dict[TopicPartition, int]:
-    nonempty = [tp for tp, end in listed.items() if end > 0]
-    probe = AIOKafkaConsumer(
-        bootstrap_servers=servers,
-        client_id="shopscore-end-offsets",
-        group_id=None,
-        enable_auto_commit=False,
-        **(security or {}),
-    )
-    await probe.start()
-    try:
-        probe.assign(nonempty)
-        for tp in nonempty:
-            probe.seek(tp, listed[tp] - 1)
+    nonempty = {tp: end - 1 for tp, end in listed.items() if end > 0}
+    async with _reader(servers, security or {}, "shopscore-end-offsets", nonempty) as probe:
         corrected = dict(listed)
         pending = set(nonempty)
         deadline = asyncio.get_running_loop().time() + timeout
@@ -143,8 +145,6 @@ async def _probe(
                     corrected[tp] = max(listed[tp], highwater)
                     pending.discard(tp)
         return corrected
-    finally:
-        await probe.stop()
 
 
 #: How long a fetch may wait for data. Faust fixes 1.5 s, and the embedded broker answers a
