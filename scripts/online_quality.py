@@ -38,6 +38,13 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--days", type=float, default=60)
     parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="stop waiting after this long and judge what was published so far (every score "
+        "is still judged against the whole log's future; the report says how much was read)",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="shopscore-quality-"))
     log = work / "log.jsonl"
@@ -57,8 +64,17 @@ def main() -> None:
         started = time.monotonic()
         first = None
         last_produced, quiet_since = -1.0, time.monotonic()
+        deadline = started + 60 * args.max_minutes if args.max_minutes else float("inf")
         while True:
-            counts = read_worker_metrics(settings_url(settings))
+            try:
+                counts = read_worker_metrics(settings_url(settings), timeout=30)
+            except OSError as exc:  # a worker busy for a moment: ask again
+                _progress(f"  /metrics did not answer ({exc}); asking again")
+                continue
+            if time.monotonic() > deadline:
+                _progress(f"  stopping after {args.max_minutes} minutes, as asked")
+                quiet_since = time.monotonic()
+                break
             if first is None and counts.consumed > 0:
                 first = time.monotonic()
             if counts.produced != last_produced:
@@ -77,6 +93,7 @@ def main() -> None:
         report = judge(LogTruth(clean_log(log)), outputs)
         report["worker"] = {
             "events": summary.published,
+            "events_consumed": int(counts.consumed),
             "events_per_s_consumed": round(summary.published / busy_s, 1) if busy_s else None,
             "messages_published": {k: len(v) for k, v in outputs.items()},
             "online_metrics": metrics,

@@ -46,6 +46,10 @@ log = logging.getLogger("shopscore")
 #: its offsets are read again from the first missing one (``ShopscoreApp._lost_tails``).
 LOST_TAIL_QUIET_S = 10.0
 
+#: How long Faust may leave a partition unfetched because its stream buffer was full before
+#: it is fetched again (``resume_stuck_partitions``): a drained buffer resumes it in far less.
+STUCK_PARTITION_S = 5.0
+
 
 class _UserStateCodec(codecs.Codec):
     """Changelog (de)serialization of ``UserState`` with the core's compact orjson form."""
@@ -218,6 +222,7 @@ class ShopscoreApp:
         self.continuity = OffsetContinuity()
         self._delivered_at: dict[TP, float] = {}
         self._log_start: dict[TP, int] = {}
+        self._buffered_since: dict[TP, float] = {}
         self._stream: faust.StreamT | None = None
         self._register_agents()
         self._register_views()
@@ -704,6 +709,29 @@ class ShopscoreApp:
                 await self._rewind(rewind)
 
         self.app.timer(1.0, name="shopscore.reread_lost_tails")(reread_lost_tails)
+
+        async def resume_stuck_partitions() -> None:
+            # Faust stops fetching a partition whose messages fill the stream buffer and
+            # fetches it again when its queue signals the pressure dropped; that signal can be
+            # lost (faust-streaming issues 175 and 640), and the partition is then never
+            # fetched again: seen as two partitions silent for 5 minutes in a long replay, with
+            # every other partition held back behind them for event-time alignment.
+            consumer = self.app.consumer
+            buffered = set(getattr(consumer, "_buffered_partitions", ()))
+            now = time.monotonic()
+            for tp in list(self._buffered_since):
+                if tp not in buffered:
+                    del self._buffered_since[tp]
+            for tp in buffered:
+                since = self._buffered_since.setdefault(tp, now)
+                if now - since >= STUCK_PARTITION_S:
+                    log.info(
+                        "%s: fetching again after %.0f s paused for a full buffer", tp, now - since
+                    )
+                    consumer.on_buffer_drop(tp)
+                    del self._buffered_since[tp]
+
+        self.app.timer(1.0, name="shopscore.resume_stuck_partitions")(resume_stuck_partitions)
 
         async def watch_models() -> None:
             await self.serving.maybe_swap_models()
