@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from stream import chunked
 from stream.errors import ModelError
 from stream.metrics import Metrics
 from stream.models.registry import MODEL_NAMES, Model, load_models
@@ -98,7 +99,7 @@ class Serving:
     def learners_of(self, partition: int) -> Learners:
         learners = self._learners.get(partition)
         if learners is None:
-            stored = self.learners_table.get(str(partition).encode())
+            stored = chunked.join(self.learners_table.get, str(partition).encode())
             learners = Learners.from_bytes(stored) if stored else Learners(seed=partition)
             self._learners[partition] = learners
         return learners
@@ -118,8 +119,16 @@ class Serving:
                 continue
             if not force and now - self._checkpointed.get(partition, 0.0) < CHECKPOINT_EVERY_S:
                 continue
+            key = str(partition).encode()
+            previous = chunked.header(self.learners_table.get(key))
+            generation = previous[0] + 1 if previous else 1
             with self._acting_as(partition):
-                self.learners_table[str(partition).encode()] = learners.to_bytes()
+                # Chunked (``stream.chunked``): a partition's learners outgrow one record.
+                for chunk_key, value in chunked.split(key, learners.to_bytes(), generation):
+                    self.learners_table[chunk_key] = value
+                if previous:
+                    for index in range(previous[1]):
+                        self.learners_table.pop(chunked.chunk_key(key, previous[0], index), None)
             self._checkpointed[partition] = now
 
     # -- scoring ----------------------------------------------------------------------------
