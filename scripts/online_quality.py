@@ -69,7 +69,13 @@ def main() -> None:
             try:
                 counts = read_worker_metrics(settings_url(settings), timeout=30)
             except OSError as exc:  # a worker busy for a moment: ask again
+                if worker.proc is None or worker.proc.poll() is not None:
+                    raise SystemExit(
+                        f"the worker exited (see {work / 'worker.log'}); the broker and its "
+                        "topics are gone with this script"
+                    ) from exc
                 _progress(f"  /metrics did not answer ({exc}); asking again")
+                time.sleep(2)
                 continue
             if time.monotonic() > deadline:
                 _progress(f"  stopping after {args.max_minutes} minutes, as asked")
