@@ -216,7 +216,6 @@ class ShopscoreApp:
         self.aligner: EventTimeAligner[Any] = EventTimeAligner(
             INPUT_TOPICS, max_hold_s=settings.align_max_hold_ms / 1000
         )
-        self._last_offset: dict[TP, int] = {}
         self._ack_queues: defaultdict[TP, deque[EventT]] = defaultdict(deque)
         self._done: set[int] = set()
         self.continuity = OffsetContinuity()
@@ -286,9 +285,9 @@ class ShopscoreApp:
         highwater = state.highwater
         if highwater is None or highwater < 0:
             return None
-        last = self._last_offset.get(tp)
-        if last is not None:
-            caught_up = last + 1 >= highwater
+        expected = self.continuity.expected(tp)  # the next offset the agent is to receive
+        if expected is not None:
+            caught_up = expected >= highwater
         elif (committed := self.app.consumer._committed_offset.get(tp)) is not None:  # type: ignore[attr-defined]
             # Nothing delivered since the assignment: the agent starts at the committed offset.
             # (Not the fetch position: fetched records may wait in Faust's queues for seconds
@@ -487,12 +486,11 @@ class ShopscoreApp:
         await self.serving.score(idle, churn_only=True)
         return scored + len(idle)
 
-    def _take(self, message: Any, rewind: dict[TP, int]) -> bool:
+    def _take(self, message: Any, rewind: dict[TP, int], now: float) -> bool:
         """Whether ``message`` continues its partition's offsets (``stream.offsets``); a gap
         puts the partition's first missing offset into ``rewind``."""
         tp = message.tp
         committed = self.app.consumer._committed_offset.get(tp)  # type: ignore[attr-defined]
-        now = time.monotonic()
         verdict = self.continuity.check(tp, message.offset, committed, now=now)
         if verdict is Verdict.REWIND:
             expected = self.continuity.expected(tp)
@@ -599,7 +597,7 @@ class ShopscoreApp:
                     # not taken (``stream.offsets``) keeps it for good: it is never acked, its
                     # in-order twin is.
                     message.incref()
-                    if not self._take(message, rewind):
+                    if not self._take(message, rewind, wall):
                         continue
                     self._ack_queues[message.tp].append(event)
                     if message.topic == self._clock_name:
@@ -612,7 +610,6 @@ class ShopscoreApp:
                         message.key,
                         message.value,
                     )
-                    self._last_offset[message.tp] = message.offset
                     clean = clean_message(
                         msg, event, result, now_ms=now_ms, limits=settings.limits, owns=self._owns
                     )
@@ -671,7 +668,6 @@ class ShopscoreApp:
             self.continuity.forget(revoked)
             for tp in revoked:
                 self._delivered_at.pop(tp, None)
-                self._last_offset.pop(tp, None)
             for tp in revoked:
                 self._partition_users.pop(tp.partition, None)
             for tp in revoked:
