@@ -23,9 +23,10 @@ from faust.serializers import codecs
 from faust.streams import _current_event
 from faust.types import TP, EventT
 
+from stream.broker_watch import install as install_broker_watch
 from stream.errors import ConfigError
 from stream.events import INPUT_TOPICS, TOPIC_OF_KIND
-from stream.features import UserState, decode_state, describe, encode_state
+from stream.features import decode_state, encode_state
 from stream.ingest import BatchResult, RawMessage, apply_clean, clean_message
 from stream.kafka_compat import first_offsets
 from stream.kafka_compat import install as install_kafka_compat
@@ -37,6 +38,7 @@ from stream.scoring.state import UserScores
 from stream.serving import Serving
 from stream.settings import Settings
 from stream.topics import CLOCK, DLQ, OUTPUT_TOPICS
+from stream.web import register_views
 
 __all__ = ["ShopscoreApp", "create_app"]
 
@@ -226,6 +228,7 @@ class ShopscoreApp:
         self._register_agents()
         self._register_views()
         self._register_timers()
+        self.broker_watch = install_broker_watch(self)
 
     def _codec_table(self, name: str, codec: str, help: str) -> Any:
         """A table of plain objects of the Faust-free core, written with ``codec``.
@@ -758,27 +761,13 @@ class ShopscoreApp:
                 else None
             ),
         }
-        return (assigned > 0 and recovered and not app.rebalancing), detail
+        broker = self.broker_watch.status()
+        detail.update(broker)
+        ok = assigned > 0 and recovered and not app.rebalancing and broker["broker_up"]
+        return ok, detail
 
     def _register_views(self) -> None:
-        app = self.app
-        users = self.users
-
-        @app.page("/health")
-        async def health(web: Any, request: Any) -> Any:
-            ok, detail = self.ready()
-            detail["status"] = "ready" if ok else "starting"
-            return web.json(detail, status=200 if ok else 503)
-
-        @app.page("/users/{user_id}")
-        @app.table_route(table=users, match_info="user_id")
-        async def user_view(web: Any, request: Any, user_id: str) -> Any:
-            state: UserState | None = users.get(user_id.encode())
-            if state is None:
-                return web.json({"error": "unknown user", "user_id": user_id}, status=404)
-            body = describe(state, self.clock_ms(), self.features)
-            scores = self.serving.user_scores(user_id).latest
-            return web.json({"user_id": user_id, **body, "scores": scores})
+        register_views(self)
 
 
 def create_app(settings: Settings) -> ShopscoreApp:

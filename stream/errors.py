@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "BrokerError",
     "ConfigError",
+    "CorruptState",
     "ExportError",
     "ModelError",
     "Rejected",
@@ -36,6 +37,20 @@ class TrainingError(ShopscoreError):
 
 class ExportError(ShopscoreError):
     """Keras → ONNX export failed, or ONNX outputs differ from Keras beyond the tolerance."""
+
+
+class CorruptState(ShopscoreError):
+    """A stored state record (a changelog value) cannot be decoded into what it claims to be.
+
+    Raised by every state decoder on anything malformed, whatever its cause, so a caller (the
+    table codecs) can skip the record, count it and go on: anyone who can write to the broker
+    can write to a changelog, and one bad record must not wedge recovery.
+    """
+
+    def __init__(self, what: str, detail: str) -> None:
+        super().__init__(f"{what}: {detail}")
+        self.what = what
+        self.detail = detail
 
 
 class Rejected(ShopscoreError):

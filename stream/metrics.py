@@ -36,7 +36,7 @@ from stream import __version__
 from stream.events import INPUT_TOPICS
 from stream.topics import DLQ, OUTPUT_TOPICS
 
-__all__ = ["Metrics"]
+__all__ = ["STATE_TABLES", "Metrics"]
 
 _BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 _SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -59,6 +59,10 @@ _LATENCY_BUCKETS = (
     60,
     300,
 )
+
+
+#: The tables whose changelog records a broker writer could forge (``state_rejected``).
+STATE_TABLES = ("users", "scores", "learners", "clock")
 
 
 class Metrics:
@@ -205,8 +209,22 @@ class Metrics:
         )
         self.scoring_errors = Counter(
             "shopscore_scoring_errors_total",
-            "Batches whose scoring failed with an unexpected error (a bug; logged with its "
-            "traceback). Their events are applied to the features; their scores are missing.",
+            "Users whose scoring failed with an unexpected error (a bug, or a forged state; "
+            "logged with its traceback). Their events are applied to the features; only their "
+            "scores of that batch are missing, the other users of the batch are scored.",
+            registry=r,
+        )
+        self.state_rejected = Counter(
+            "shopscore_state_records_rejected_total",
+            "Changelog (state) records that could not be decoded and were skipped, per table: "
+            "the key is treated as absent (logged once per key).",
+            ["table"],
+            registry=r,
+        )
+        self.broker_up = Gauge(
+            "shopscore_broker_up",
+            "1 while the broker answers this worker's requests, 0 once it has not answered for "
+            "SHOPSCORE_BROKER_TIMEOUT.",
             registry=r,
         )
         self.model_rejected = Counter(
@@ -236,3 +254,6 @@ class Metrics:
                 family.labels(topic)
         for topic in (*OUTPUT_TOPICS, DLQ):
             self.produced.labels(topic)
+        for table in STATE_TABLES:
+            self.state_rejected.labels(table)
+        self.broker_up.set(1)

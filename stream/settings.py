@@ -177,6 +177,15 @@ class Settings:
     model_poll_ms: int = 5_000
     churn_horizon_ms: int = 30 * 86_400_000
     offer_window_ms: int = 7 * 86_400_000
+    #: Bearer token required by ``GET /users/*`` when set (``SHOPSCORE_HTTP_TOKEN``).
+    http_token: str | None = field(default=None, repr=False)
+    #: Signs learner checkpoints (HMAC-SHA256) when set; unsigned ones are then refused.
+    state_secret: str | None = field(default=None, repr=False)
+    #: How long the broker may not answer before ``/health`` and ``shopscore_broker_up`` say so.
+    broker_timeout_ms: int = 5_000
+    #: How long a worker may stay not ready while the broker answers before it exits non-zero
+    #: (its supervisor restarts it); 0 never exits.
+    stall_timeout_ms: int = 120_000
 
     def __post_init__(self) -> None:
         sasl = self.security_protocol.startswith("SASL_")
@@ -375,6 +384,10 @@ _SETTINGS_ENV: dict[str, tuple[str, Any]] = {
     "model_poll_ms": ("MODEL_POLL", parse_duration_ms),
     "churn_horizon_ms": ("CHURN_HORIZON", parse_duration_ms),
     "offer_window_ms": ("OFFER_WINDOW", parse_duration_ms),
+    "http_token": ("HTTP_TOKEN", _optional_str),
+    "state_secret": ("STATE_SECRET", _optional_str),
+    "broker_timeout_ms": ("BROKER_TIMEOUT", parse_duration_ms),
+    "stall_timeout_ms": ("STALL_TIMEOUT", parse_duration_ms),
 }
 
 _LIMITS_ENV: dict[str, tuple[str, Any]] = {
