@@ -12,21 +12,19 @@ import logging
 import time
 import weakref
 from collections import defaultdict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import faust
 import orjson
 from aiokafka.partitioner import murmur2
 from faust.sensors.prometheus import setup_prometheus_sensors
-from faust.serializers import codecs
 from faust.streams import _current_event
 from faust.types import TP, EventT
 
 from stream.broker_watch import install as install_broker_watch
 from stream.errors import ConfigError
 from stream.events import INPUT_TOPICS, TOPIC_OF_KIND
-from stream.features import decode_state, encode_state
 from stream.ingest import BatchResult, RawMessage, apply_clean, clean_message
 from stream.kafka_compat import first_offsets
 from stream.kafka_compat import install as install_kafka_compat
@@ -34,9 +32,18 @@ from stream.metrics import Metrics
 from stream.offsets import OffsetContinuity, Verdict
 from stream.ordering import EventTimeAligner
 from stream.scoring.engine import UserInput
-from stream.scoring.state import UserScores
 from stream.serving import Serving
 from stream.settings import Settings
+from stream.tables import (
+    CLOCK_CODEC,
+    SCORES_CODEC,
+    STATE_CODEC,
+    check_clock,
+    check_learners,
+    check_scores,
+    check_users,
+    guard_changelog,
+)
 from stream.topics import CLOCK, DLQ, OUTPUT_TOPICS
 from stream.web import register_views
 
@@ -51,32 +58,6 @@ LOST_TAIL_QUIET_S = 10.0
 #: How long Faust may leave a partition unfetched because its stream buffer was full before
 #: it is fetched again (``resume_stuck_partitions``): a drained buffer resumes it in far less.
 STUCK_PARTITION_S = 5.0
-
-
-class _UserStateCodec(codecs.Codec):
-    """Changelog (de)serialization of ``UserState`` with the core's compact orjson form."""
-
-    def _dumps(self, obj: Any) -> bytes:
-        return encode_state(obj)
-
-    def _loads(self, s: bytes) -> Any:
-        return decode_state(s)
-
-
-codecs.register("shopscore_state", _UserStateCodec())
-
-
-class _UserScoresCodec(codecs.Codec):
-    """Changelog (de)serialization of ``UserScores``; the memory store keeps the objects."""
-
-    def _dumps(self, obj: Any) -> bytes:
-        return obj.to_bytes()
-
-    def _loads(self, s: bytes) -> Any:
-        return UserScores.from_bytes(s)
-
-
-codecs.register("shopscore_scores", _UserScoresCodec())
 
 
 def _broker_credentials(settings: Settings) -> faust.auth.Credentials | None:
@@ -177,21 +158,24 @@ class ShopscoreApp:
         self.dlq = self.app.topic(settings.topic(DLQ))
         self.users = self._codec_table(
             "users",
-            "shopscore_state",
+            STATE_CODEC,
             "Per-user state (features), keyed by the user_id's UTF-8 bytes.",
+            check_users(settings.limits),
         )
         self._contract_name = {settings.topic(t): t for t in INPUT_TOPICS}
-        self.clock = self.app.Table(
+        self.clock = self._codec_table(
             "clock",
-            partitions=settings.partitions,
-            key_type=bytes,
-            value_type=int,
-            help="Latest event time announced on each clock partition (design notes, Clock).",
+            CLOCK_CODEC,
+            "Latest event time announced on each clock partition (design notes, Clock).",
+            check_clock(settings.limits, lambda: int(time.time() * 1000)),
         )
         # Scoring state beside the features (``stream.scoring.state``): per user, and the
         # online learners per partition (key: the partition number).
         self.scores = self._codec_table(
-            "scores", "shopscore_scores", "Per-user latest scores and predictions awaiting labels."
+            "scores",
+            SCORES_CODEC,
+            "Per-user latest scores and predictions awaiting labels.",
+            check_scores(settings.limits),
         )
         self.learners = self.app.Table(
             "learners",
@@ -200,6 +184,7 @@ class ShopscoreApp:
             value_type=bytes,
             help="The online learners of each partition (River), checkpointed.",
         )
+        guard_changelog(self.learners, "learners", check_learners, self.metrics)
         self.outputs = {t: self.app.topic(settings.topic(t)) for t in OUTPUT_TOPICS}
         self._partition_event: dict[int, EventT] = {}
         self._partition_users: dict[int, set[str]] = {}
@@ -230,8 +215,11 @@ class ShopscoreApp:
         self._register_timers()
         self.broker_watch = install_broker_watch(self)
 
-    def _codec_table(self, name: str, codec: str, help: str) -> Any:
-        """A table of plain objects of the Faust-free core, written with ``codec``.
+    def _codec_table(
+        self, name: str, codec: str, help: str, check: Callable[[Any], str | None]
+    ) -> Any:
+        """A table of plain objects of the Faust-free core, written with ``codec``, whose
+        recovery skips the records ``check`` refuses (``stream.tables``).
 
         Faust derives a table's codecs from Record key/value types, else JSON, so the changelog
         topic is declared here with the codec, and the table is told to write with it too.
@@ -256,6 +244,7 @@ class ShopscoreApp:
             help=help,
         )
         table.value_serializer = codec
+        guard_changelog(table, name, check, self.metrics)
         return table
 
     # -- agents -----------------------------------------------------------------------------
