@@ -113,7 +113,8 @@ class Metrics:
         )
         self.misrouted = Counter(
             "shopscore_events_rekeyed_total",
-            "Input events not keyed by user_id, re-published keyed by user_id.",
+            "Input events that arrived on a partition that does not own their user_id, "
+            "re-published to the owner partition keyed by user_id.",
             ["topic"],
             registry=r,
         )
