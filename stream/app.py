@@ -16,14 +16,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import faust
-import orjson
-from aiokafka.partitioner import murmur2
 from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.streams import _current_event
 from faust.types import TP, EventT
 
 from stream.broker_watch import install as install_broker_watch
-from stream.errors import ConfigError
+from stream.dlq import dlq_message, dlq_record
+from stream.errors import ConfigError, Rejected
 from stream.events import INPUT_TOPICS, TOPIC_OF_KIND
 from stream.ingest import BatchResult, RawMessage, apply_clean, clean_message
 from stream.kafka_compat import first_offsets
@@ -31,6 +30,7 @@ from stream.kafka_compat import install as install_kafka_compat
 from stream.metrics import Metrics
 from stream.offsets import OffsetContinuity, Verdict
 from stream.ordering import EventTimeAligner
+from stream.partitioning import owner_partition
 from stream.scoring.engine import UserInput
 from stream.serving import Serving
 from stream.settings import Settings
@@ -45,6 +45,7 @@ from stream.tables import (
     guard_changelog,
 )
 from stream.topics import CLOCK, DLQ, OUTPUT_TOPICS
+from stream.validation import decode_clock
 from stream.web import register_views
 
 __all__ = ["ShopscoreApp", "create_app"]
@@ -214,6 +215,8 @@ class ShopscoreApp:
         self._register_views()
         self._register_timers()
         self.broker_watch = install_broker_watch(self)
+        #: Called with an exit status when the ingest agent fails (``_fatal``).
+        self.on_fatal: Callable[[int], None] | None = None
 
     def _codec_table(
         self, name: str, codec: str, help: str, check: Callable[[Any], str | None]
@@ -250,8 +253,9 @@ class ShopscoreApp:
     # -- agents -----------------------------------------------------------------------------
 
     def _owns(self, user_id: str, partition: int) -> bool:
-        """Whether Kafka's default partitioner puts ``user_id`` on ``partition`` (murmur2)."""
-        return (murmur2(user_id.encode()) & 0x7FFFFFFF) % self.settings.partitions == partition
+        """Whether Kafka's default partitioner puts ``user_id`` on ``partition`` (murmur2,
+        ``stream.partitioning``; cached per user id)."""
+        return owner_partition(user_id, self.settings.partitions) == partition
 
     def _fetch_state(self, tp: TP) -> Any:
         """aiokafka's fetch state of ``tp`` (position, high watermark, last fetch time)."""
@@ -320,12 +324,18 @@ class ShopscoreApp:
         for event, ts in ticks:
             await self._advance_clock(event, ts)
         for key, record in result.dead_letters:
-            self.dlq.send_soon(key=key, value=orjson.dumps(record))
+            dlq_key, dlq_value = dlq_message(key, record)  # bounded: always producible
+            self.dlq.send_soon(key=dlq_key, value=dlq_value)
         if result.dead_letters:
             metrics.produced.labels(DLQ).inc(len(result.dead_letters))
         for event, user_id in result.misrouted:
             msg = event.message
-            self.input_topics[msg.topic].send_soon(key=user_id.encode(), value=msg.value)
+            # To the owner partition explicitly: the producer's partitioner does not matter.
+            self.input_topics[msg.topic].send_soon(
+                key=user_id.encode(),
+                value=msg.value,
+                partition=owner_partition(user_id, self.settings.partitions),
+            )
             metrics.misrouted.labels(self._contract_name[msg.topic]).inc()
         for topic, n in result.consumed.items():
             metrics.consumed.labels(topic).inc(n)
@@ -404,14 +414,11 @@ class ShopscoreApp:
                     event.event_id,
                 )
             )
-        try:
-            await self.serving.score(users, churn_only=False, arrived=arrived)
-            await self._deliver_due(users)
-        except Exception:
-            # A scoring bug must not stop ingestion (the states above are written and the
-            # events will be acked): log it with its traceback, count it, go on.
-            log.exception("scoring a batch of %d users failed", len(users))
-            self.metrics.scoring_errors.inc()
+        # A user whose scoring fails costs that user's scores only (counted and logged by
+        # ``Serving.score``); anything escaping is not about one user's data, and stops the
+        # worker before this batch is acked (``_fatal``).
+        await self.serving.score(users, churn_only=False, arrived=arrived)
+        await self._deliver_due(users)
 
     async def _deliver_due(self, users: list[UserInput]) -> None:
         """Stream time moved on: deliver the labels that fell due on each partition (churn
@@ -424,11 +431,40 @@ class ShopscoreApp:
             await self.serving.deliver_due(partition, now, lambda p=partition: self._users_of(p))
 
     def _hold_tick(self, event: EventT, wall: float) -> None:
-        """A clock message joins the aligner (it holds nothing back itself)."""
+        """A clock message joins the aligner (it holds nothing back itself). One that breaks
+        the clock rules (``decode_clock``: an event's timestamp bounds) is dead-lettered with
+        source topic ``clock``, counted, and acked: the clock never moves to a forged time."""
+        message = event.message
+        now_ms = int(time.time() * 1000)
         try:
-            ts = int(orjson.loads(event.message.value)["ts"])
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring malformed clock message %r: %s", event.message.value, exc)
+            ts = decode_clock(message.value, now_ms=now_ms, limits=self.settings.limits)
+        except Exception as exc:
+            reason, detail = (
+                (exc.reason, exc.detail)
+                if isinstance(exc, Rejected)
+                else ("processing_error", repr(exc)[:500])
+            )
+            log.warning(
+                "clock message at partition %s offset %s dead-lettered: %s (%s)",
+                message.partition,
+                message.offset,
+                reason,
+                detail[:200],
+            )
+            record = dlq_record(
+                raw=message.value,
+                source_topic=CLOCK,
+                reason=reason,
+                detail=detail,
+                partition=message.partition,
+                offset=message.offset,
+                rejected_at_ms=now_ms,
+                key=message.key,
+            )
+            dlq_key, dlq_value = dlq_message(message.key, record)
+            self.dlq.send_soon(key=dlq_key, value=dlq_value)
+            self.metrics.produced.labels(DLQ).inc()
+            self.metrics.rejected.labels(CLOCK, reason).inc()
             self._done.add(id(event))
             return
         self.aligner.push(
@@ -563,64 +599,87 @@ class ShopscoreApp:
                 self._done.discard(id(event))
                 await self._stream.ack(event)
 
-    def _register_agents(self) -> None:
+    async def _process_batch(self, events: list[EventT]) -> None:
+        """One micro-batch: check offsets, clean, align, apply, score, publish, then ack."""
         settings = self.settings
         metrics = self.metrics
         contract = self._contract_name
+        started = time.perf_counter()
+        if self.first_event_monotonic is None:
+            self.first_event_monotonic = time.monotonic()
+            log.info(
+                "first event processed %.2fs after start",
+                self.first_event_monotonic - self.started_monotonic,
+            )
+        now_ms = int(time.time() * 1000)
+        wall = time.monotonic()
+        result = BatchResult()
+        rewind: dict[TP, int] = {}
+        for event in events:
+            message = event.message
+            # Every message is acked by us, in offset order (``_flush_acks``); this
+            # reference outlives take_events' own ack of the batch. A message that is
+            # not taken (``stream.offsets``) keeps it for good: it is never acked, its
+            # in-order twin is.
+            message.incref()
+            if not self._take(message, rewind, wall):
+                continue
+            self._ack_queues[message.tp].append(event)
+            if message.topic == self._clock_name:
+                self._hold_tick(event, wall)
+                continue
+            msg = RawMessage(
+                contract[message.topic],
+                message.partition,
+                message.offset,
+                message.key,
+                message.value,
+            )
+            clean = clean_message(
+                msg, event, result, now_ms=now_ms, limits=settings.limits, owns=self._owns
+            )
+            if clean is None:
+                self._done.add(id(event))  # dead-lettered or re-keyed: nothing to hold
+            else:
+                self.aligner.push(
+                    msg.topic,
+                    msg.partition,
+                    ts=clean.ts,
+                    item=(event, msg, clean),
+                    now=wall,
+                    fetched_ms=self._fetched_ms(message.tp),
+                )
+        if rewind:
+            await self._rewind(rewind)
+        await self._apply_released(result, now_ms)
+        metrics.batch_size.observe(len(events))
+        metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    def _fatal(self, exc: BaseException) -> None:
+        """An error escaped a batch (not a bad message or a user's scoring: those are handled
+        where they happen). Faust would restart the agent with this batch's messages never
+        acked, freezing every later commit of their partitions, so the worker stops instead
+        (``on_fatal``, set by ``shopscore worker``): nothing after the batch is committed, and
+        its supervisor's restart reads it again."""
+        log.critical(
+            "the ingest agent failed; stopping the worker so nothing after this batch is "
+            "committed",
+            exc_info=exc,
+        )
+        if self.on_fatal is not None:
+            self.on_fatal(1)
+
+    def _register_agents(self) -> None:
+        settings = self.settings
 
         async def ingest(stream: faust.StreamT) -> None:
             self._stream = stream
             async for events in stream.take_events(settings.batch_size, settings.batch_within_s):
-                started = time.perf_counter()
-                if self.first_event_monotonic is None:
-                    self.first_event_monotonic = time.monotonic()
-                    log.info(
-                        "first event processed %.2fs after start",
-                        self.first_event_monotonic - self.started_monotonic,
-                    )
-                now_ms = int(time.time() * 1000)
-                wall = time.monotonic()
-                result = BatchResult()
-                rewind: dict[TP, int] = {}
-                for event in events:
-                    message = event.message
-                    # Every message is acked by us, in offset order (``_flush_acks``); this
-                    # reference outlives take_events' own ack of the batch. A message that is
-                    # not taken (``stream.offsets``) keeps it for good: it is never acked, its
-                    # in-order twin is.
-                    message.incref()
-                    if not self._take(message, rewind, wall):
-                        continue
-                    self._ack_queues[message.tp].append(event)
-                    if message.topic == self._clock_name:
-                        self._hold_tick(event, wall)
-                        continue
-                    msg = RawMessage(
-                        contract[message.topic],
-                        message.partition,
-                        message.offset,
-                        message.key,
-                        message.value,
-                    )
-                    clean = clean_message(
-                        msg, event, result, now_ms=now_ms, limits=settings.limits, owns=self._owns
-                    )
-                    if clean is None:
-                        self._done.add(id(event))  # dead-lettered or re-keyed: nothing to hold
-                    else:
-                        self.aligner.push(
-                            msg.topic,
-                            msg.partition,
-                            ts=clean.ts,
-                            item=(event, msg, clean),
-                            now=wall,
-                            fetched_ms=self._fetched_ms(message.tp),
-                        )
-                if rewind:
-                    await self._rewind(rewind)
-                await self._apply_released(result, now_ms)
-                metrics.batch_size.observe(len(events))
-                metrics.batch_seconds.observe(time.perf_counter() - started)
+                try:
+                    await self._process_batch(events)
+                except Exception as exc:
+                    self._fatal(exc)
+                    raise
 
         self.app.agent(self.inputs, name="shopscore.ingest")(ingest)
 
@@ -636,7 +695,11 @@ class ShopscoreApp:
         async def release_held() -> None:
             # Events held for alignment are released even when no new batch arrives.
             if len(self.aligner) and self._stream is not None:
-                await self._apply_released(BatchResult(), int(time.time() * 1000))
+                try:
+                    await self._apply_released(BatchResult(), int(time.time() * 1000))
+                except Exception as exc:
+                    self._fatal(exc)
+                    raise
 
         self.app.timer(0.2, name="shopscore.release_held")(release_held)
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from stream.dlq import dlq_record
+from stream.dlq import bound_key, dlq_record
 from stream.errors import Rejected
 from stream.events import KIND_OF_TOPIC, Event
 from stream.features import FeatureConfig, Outcome, UserState, apply_event
@@ -82,18 +82,31 @@ def clean_message(
     owns: Callable[[str, int], bool],
 ) -> Event | None:
     """Count ``msg`` and validate it: the clean event, or None when it was dead-lettered or is
-    to be re-keyed (``misrouted``; ``owns(user_id, partition)`` says whether that partition is
-    where the user's state lives, so a user's state never splits across partitions)."""
+    to be re-published to the partition that owns its user (``misrouted``).
+
+    ``owns(user_id, partition)`` says whether that partition is where the user's state lives.
+    Any event on another partition is re-published, whatever its Kafka key: an event keyed by
+    its user_id but placed by another partitioner than the worker's (librdkafka's CRC32) would
+    otherwise split the user's state across partitions, and so across workers.
+
+    Nothing escapes: an unexpected error while decoding or checking is dead-lettered as
+    ``processing_error`` (and logged), so every consumed message is accounted for.
+    """
     result.consumed[msg.topic] += 1
     try:
         event = decode_event(KIND_OF_TOPIC[msg.topic], msg.value, now_ms=now_ms, limits=limits)
+        in_place = owns(event.user_id, msg.partition)
     except Rejected as rejected:
         _dead_letter(result, msg, rejected.reason, rejected.detail, now_ms)
         return None
-    user_id = event.user_id
-    keyed_by_user = msg.key is not None and msg.key == user_id.encode()
-    if not keyed_by_user and not owns(user_id, msg.partition):
-        result.misrouted.append((ref, user_id))
+    except Exception as exc:  # a bug in a cleaning rule must not stop the partition
+        log.exception(
+            "cleaning %s partition %s offset %s failed", msg.topic, msg.partition, msg.offset
+        )
+        _dead_letter(result, msg, "processing_error", repr(exc)[:500], now_ms)
+        return None
+    if not in_place:
+        result.misrouted.append((ref, event.user_id))
         return None
     return event
 
@@ -130,15 +143,28 @@ def apply_clean(
         elif outcome is Outcome.LATE:
             behind = (state.max_ts or 0) - event.ts
             _dead_letter(result, msg, "late", f"{behind} ms behind the user's newest event", now_ms)
+        elif outcome is Outcome.CONFLICT:
+            # A reused id with other content is neither a redelivery nor a new event: merging
+            # it would let anyone rewrite an applied event, so it is refused and dead-lettered.
+            _dead_letter(
+                result,
+                msg,
+                "conflicting_duplicate",
+                f"event_id {event.event_id[:64]!r} was applied before with different content",
+                now_ms,
+            )
         else:
             result.applied.append(event)
 
 
 def _dead_letter(result: BatchResult, msg: RawMessage, reason: str, detail: str, now: int) -> None:
+    """Count ``msg`` as rejected and queue its DLQ record; the key kept is bounded
+    (``stream.dlq.bound_key``; the record says how it was cut), the record is sent with
+    ``stream.dlq.dlq_message``."""
     result.rejected[(msg.topic, reason)] += 1
     result.dead_letters.append(
         (
-            msg.key,
+            bound_key(msg.key),
             dlq_record(
                 raw=msg.value,
                 source_topic=msg.topic,
@@ -147,6 +173,7 @@ def _dead_letter(result: BatchResult, msg: RawMessage, reason: str, detail: str,
                 partition=msg.partition,
                 offset=msg.offset,
                 rejected_at_ms=now,
+                key=msg.key,
             ),
         )
     )

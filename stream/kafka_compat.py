@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.exceptions import ProducerSendError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 __all__ = ["first_offsets", "install", "true_end_offsets"]
@@ -173,7 +174,15 @@ class _Consumer(faust_aiokafka.Consumer):
 
 class _Producer(faust_aiokafka.Producer):
     """Faust's producer whose ``flush`` returns only when nothing sent before it is pending
-    (see module docstring, "Flush before commit")."""
+    (see module docstring, "Flush before commit"), and raises once any send has failed.
+
+    A failed send poisons the producer. Faust commits consumer offsets only after a producer
+    flush; a record that could not be produced (``MessageSizeTooLargeError`` for one over
+    ``max_request_size``, or a send that failed at the broker) makes every later ``flush``
+    raise, so no offset is committed past the input that produced it: the consumer crashes,
+    the worker exits non-zero, and after a restart that input is read again. Faust alone only
+    logs a warning (or crashes after committing), and the record is lost.
+    """
 
     #: How often a flush that makes no progress says so (it keeps waiting: committing
     #: offsets before their writes are produced would lose them on a crash).
@@ -182,6 +191,8 @@ class _Producer(faust_aiokafka.Producer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.handing_over = 0
+        #: The first send that failed; once set, ``flush`` (so every commit) raises it.
+        self.failure: BaseException | None = None
         send_pending = self.buffer._send_pending
 
         async def _send_pending(fut: Any) -> None:
@@ -194,10 +205,65 @@ class _Producer(faust_aiokafka.Producer):
 
         self.buffer._send_pending = _send_pending  # type: ignore[method-assign]
 
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        timestamp: float | None,
+        headers: Any,
+        *,
+        transactional_id: str | None = None,
+    ) -> Any:
+        size = len(key or b"") + len(value or b"")
+        try:
+            fut = await super().send(
+                topic,
+                key,
+                value,
+                partition,
+                timestamp,
+                headers,
+                transactional_id=transactional_id,
+            )
+        except Exception as exc:
+            self._poison(exc, topic, size)
+            raise
+        fut.add_done_callback(lambda done: self._delivered(done, topic, size))
+        return fut
+
+    def _delivered(self, fut: asyncio.Future[Any], topic: str, size: int) -> None:
+        if fut.cancelled():
+            self._poison(asyncio.CancelledError("send cancelled"), topic, size)
+        elif (exc := fut.exception()) is not None:
+            self._poison(exc, topic, size)
+
+    def _poison(self, exc: BaseException, topic: str, size: int) -> None:
+        if self.failure is None:
+            self.failure = exc
+            log.critical(
+                "producing a record of %d bytes to %s failed: %r. No consumer offset is "
+                "committed from now on; the worker stops, and reads the input again after a "
+                "restart",
+                size,
+                topic,
+                exc,
+            )
+
+    def check(self) -> None:
+        """Raise ``ProducerSendError`` if a send has failed (see the class docstring)."""
+        if self.failure is not None:
+            raise ProducerSendError(
+                f"not committing offsets: a record could not be produced ({self.failure!r})"
+            ) from self.failure
+
     async def flush(self) -> None:
+        self.check()
         buffer = self.buffer
         stalled_since = time.monotonic()
         while buffer.size or self.handing_over:
+            self.check()
             if buffer.state != "running":
                 raise RuntimeError("Cannot flush: the producer buffer is not running")
             buffer.message_sent.clear()
@@ -213,7 +279,10 @@ class _Producer(faust_aiokafka.Producer):
                         time.monotonic() - stalled_since,
                     )
                     stalled_since = time.monotonic()
+        self.check()
         await super().flush()
+        await asyncio.sleep(0)  # the failed sends' done callbacks run
+        self.check()
 
 
 def install() -> None:

@@ -211,8 +211,9 @@ class Metrics:
         self.scoring_errors = Counter(
             "shopscore_scoring_errors_total",
             "Users whose scoring failed with an unexpected error (a bug, or a forged state; "
-            "logged with its traceback). Their events are applied to the features; only their "
-            "scores of that batch are missing, the other users of the batch are scored.",
+            "logged, a traceback at most every 5 minutes). Their events are applied to the "
+            "features; only their scores of that batch are missing, the batch's other users "
+            "are scored.",
             registry=r,
         )
         self.state_rejected = Counter(

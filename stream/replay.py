@@ -21,13 +21,21 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from stream.errors import BrokerError, Rejected
+from stream.errors import BrokerError, ConfigError, Rejected
 from stream.events import TOPIC_OF_KIND
 from stream.settings import Settings
 from stream.topics import CLOCK, check_reachable, ensure_topics
-from stream.validation import parse_ts
+from stream.validation import decode_clock, parse_ts
 
-__all__ = ["LogEvent", "ReplaySummary", "iter_generated", "publish", "publish_clock", "read_log"]
+__all__ = [
+    "LogEvent",
+    "ReplaySummary",
+    "check_clock_time",
+    "iter_generated",
+    "publish",
+    "publish_clock",
+    "read_log",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +139,8 @@ async def publish(
     ``rate`` events/s; events after ``until_ms`` are not sent. Then, with ``until_ms``, advance
     the clock to it. ``stop`` ends publishing early (Ctrl-C in ``run``)."""
     summary = summary if summary is not None else ReplaySummary()
+    if until_ms is not None:
+        check_clock_time(settings, until_ms)
     await ensure_topics(settings)
     producer = _producer(settings)
     await producer.start()
@@ -192,6 +202,7 @@ async def publish(
 
 async def publish_clock(settings: Settings, ts_ms: int) -> None:
     """Advance event time to ``ts_ms`` on every partition (idle users get re-scored)."""
+    check_clock_time(settings, ts_ms)
     await ensure_topics(settings)
     producer = _producer(settings)
     await producer.start()
@@ -199,6 +210,25 @@ async def publish_clock(settings: Settings, ts_ms: int) -> None:
         await _send_clock(producer, settings, ts_ms)
     finally:
         await producer.stop()
+
+
+def check_clock_time(settings: Settings, ts_ms: int, now_ms: int | None = None) -> None:
+    """Refuse, up front, a clock time the workers would dead-letter (README, "Clock"): before
+    ``min_ts_ms`` or more than ``max_future_ms`` ahead of now. A ``ConfigError``: one line."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    try:
+        decode_clock(orjson.dumps({"ts": ts_ms}), now_ms=now_ms, limits=settings.limits)
+    except Rejected as exc:
+        hint = (
+            f"; the clock may be at most SHOPSCORE_MAX_FUTURE "
+            f"({settings.limits.max_future_ms} ms) ahead of now"
+            if exc.reason == "future_timestamp"
+            else ""
+        )
+        raise ConfigError(
+            f"--until {ts_ms}: the workers would refuse this clock time "
+            f"({exc.reason}: {exc.detail}){hint}"
+        ) from None
 
 
 async def _send_clock(producer: AIOKafkaProducer, settings: Settings, ts_ms: int) -> None:

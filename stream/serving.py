@@ -15,23 +15,81 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from stream import chunked
-from stream.errors import ModelError
+from stream.errors import CorruptState, ModelError
 from stream.metrics import Metrics
 from stream.models.registry import MODEL_NAMES, Model, load_models
-from stream.scoring.engine import Scorer, ScoreResult, UserInput
+from stream.scoring.engine import ScoreFailure, Scorer, ScoreResult, UserInput
 from stream.scoring.pending import DueLabels
 from stream.scoring.state import Learners, UserScores
 from stream.settings import Settings
 
-__all__ = ["ModelWatcher", "Serving"]
+__all__ = ["FailureLog", "ModelWatcher", "Serving"]
 
 log = logging.getLogger("shopscore")
 
 #: Learners are written to their changelog at most this often per partition.
 CHECKPOINT_EVERY_S = 5.0
+
+
+class FailureLog:
+    """Logs users whose scoring failed without flooding: one line per batch with failures,
+    naming a few users (stage and exception), at most one line per ``every_s`` (the batches in
+    between are summed up in the next line) and a traceback at most once per
+    ``traceback_every_s``. A poisoned user in every batch is a steady trickle, not a flood;
+    ``shopscore_scoring_errors_total`` counts every one of them."""
+
+    NAMED = 3
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        every_s: float = 10.0,
+        traceback_every_s: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.every_s = every_s
+        self.traceback_every_s = traceback_every_s
+        self._clock = clock
+        self._last_line: float | None = None
+        self._last_traceback: float | None = None
+        self._held_users = 0
+        self._held_batches = 0
+
+    def report(self, failures: list[ScoreFailure], batch_size: int) -> None:
+        now = self._clock()
+        if self._last_line is not None and now - self._last_line < self.every_s:
+            self._held_users += len(failures)
+            self._held_batches += 1
+            return
+        named = "; ".join(
+            f"{f.user_id[:80]!r} at {f.stage}: {type(f.error).__name__}: {str(f.error)[:200]!r}"
+            for f in failures[: self.NAMED]
+        )
+        more = f" and {len(failures) - self.NAMED} more" if len(failures) > self.NAMED else ""
+        held = (
+            f" ({self._held_users} more users in {self._held_batches} batches since the last "
+            "report)"
+            if self._held_batches
+            else ""
+        )
+        trace = self._last_traceback is None or now - self._last_traceback >= self.traceback_every_s
+        self.logger.error(
+            "scoring failed for %d of %d users of a batch; they get no scores from it, the "
+            "others were scored: %s%s%s",
+            len(failures),
+            batch_size,
+            named,
+            more,
+            held,
+            exc_info=failures[0].error if trace else None,
+        )
+        self._last_line = now
+        if trace:
+            self._last_traceback = now
+        self._held_users = self._held_batches = 0
 
 
 class ModelWatcher:
@@ -92,15 +150,35 @@ class Serving:
         self._checkpointed: dict[int, float] = {}
         self._due: dict[int, DueLabels] = {}
         self.lock = asyncio.Lock()
+        self.failure_log = FailureLog(log)
         self._publish_model_info()
 
     # -- learners ---------------------------------------------------------------------------
 
     def learners_of(self, partition: int) -> Learners:
+        """The partition's learners: loaded once from the changelog (strictly, never running
+        code, signed with ``state_secret`` when one is set), else fresh. A checkpoint that
+        cannot be read (forged, corrupt, unsigned while a secret is set, a chunk missing) is
+        counted in ``shopscore_state_records_rejected_total{table="learners"}``, logged with
+        its key, and the partition's learners start afresh: never a crash, never code run."""
         learners = self._learners.get(partition)
         if learners is None:
-            stored = chunked.join(self.learners_table.get, str(partition).encode())
-            learners = Learners.from_bytes(stored) if stored else Learners(seed=partition)
+            key = str(partition).encode()
+            try:
+                stored = chunked.join(self.learners_table.get, key)
+                if stored is not None:
+                    learners = Learners.from_bytes(stored, self.settings.state_secret)
+            except CorruptState as exc:
+                self.metrics.state_rejected.labels("learners").inc()
+                log.warning(
+                    "refusing the learners checkpoint of partition %d (key %r): %s; the "
+                    "partition's online learners start afresh",
+                    partition,
+                    key,
+                    str(exc)[:300],
+                )
+            if learners is None:
+                learners = Learners(seed=partition)
             self._learners[partition] = learners
         return learners
 
@@ -120,11 +198,17 @@ class Serving:
             if not force and now - self._checkpointed.get(partition, 0.0) < CHECKPOINT_EVERY_S:
                 continue
             key = str(partition).encode()
-            previous = chunked.header(self.learners_table.get(key))
-            generation = previous[0] + 1 if previous else 1
+            try:
+                previous = chunked.header(self.learners_table.get(key))
+            except CorruptState:  # a forged header: written over, its chunks are unknown
+                previous = None
+            generation = 1
+            if previous is not None and previous[0] < chunked.MAX_GENERATION:
+                generation = previous[0] + 1
+            blob = learners.to_bytes(self.settings.state_secret)
             with self._acting_as(partition):
                 # Chunked (``stream.chunked``): a partition's learners outgrow one record.
-                for chunk_key, value in chunked.split(key, learners.to_bytes(), generation):
+                for chunk_key, value in chunked.split(key, blob, generation):
                     self.learners_table[chunk_key] = value
                 if previous:
                     for index in range(previous[1]):
@@ -146,33 +230,51 @@ class Serving:
     ) -> ScoreResult:
         """Score ``users`` (one onnxruntime call per model, off the loop), write their scoring
         state, and hand the messages to the producer. ``arrived``: per user, the Kafka
-        timestamp (s) of the event that triggered the score, for the end-to-end latency."""
+        timestamp (s) of the event that triggered the score, for the end-to-end latency.
+
+        A user whose scoring raises loses only their own scores of this batch: they are in
+        ``result.failed``, counted in ``shopscore_scoring_errors_total`` and logged
+        (``FailureLog``); every other user is written and published. What still raises here is
+        not a user's data (the executor, the producer, a checkpoint)."""
         if not users:
             return ScoreResult()
         scorer = self.scorer
         async with self.lock:
             prepared = scorer.prepare(users, self.learners_of, churn_only)
             loop = asyncio.get_running_loop()
-            inferred = await loop.run_in_executor(None, scorer.infer, prepared)
+            prepared, inferred = await loop.run_in_executor(None, scorer.infer_isolated, prepared)
             result = scorer.finish(prepared, inferred, self.learners_of)
-            for user in users:
-                with self._acting_as(user.partition):
-                    self.scores[user.user_id.encode()] = user.scores
+            failed = {failure.user_id for failure in result.failed}
+            for user in result.changed:
+                try:
+                    with self._acting_as(user.partition):
+                        self.scores[user.user_id.encode()] = user.scores
+                except Exception as exc:
+                    if user.user_id not in failed:
+                        failed.add(user.user_id)
+                        result.failed.append(
+                            ScoreFailure(user.user_id, user.partition, "write", exc, True)
+                        )
             metrics = self.metrics
             for name, seconds in inferred.seconds.items():
                 metrics.scoring_seconds.labels(name).observe(seconds)
-                metrics.scoring_batch_size.labels(name).observe(len(users))
+                metrics.scoring_batch_size.labels(name).observe(len(prepared.users))
             produced: dict[str, int] = {}
-            for topic, key, value in result.messages:
-                self._send(topic, key, orjson.dumps(value))
+            for (topic, key, _value), payload in zip(result.messages, result.payloads, strict=True):
+                if key in failed:  # its state could not be written: publish nothing of it
+                    continue
+                self._send(topic, key, payload)
                 produced[topic] = produced.get(topic, 0) + 1
             for topic, n in produced.items():
                 metrics.produced.labels(topic).inc(n)
+            if result.failed:
+                metrics.scoring_errors.inc(len(result.failed))
+                self.failure_log.report(result.failed, len(users))
             if arrived:
                 now = time.time()
-                for user in users:
+                for user in prepared.users:
                     stamp = arrived.get(user.user_id)
-                    if stamp is not None:
+                    if stamp is not None and user.user_id not in failed:
                         metrics.end_to_end.observe(max(0.0, now - stamp))
             for learner, partition in result.drifts:
                 metrics.drift.labels(learner).inc()

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from stream import strict
 from stream.events import CartChange, Click, Event, Order
 from stream.features.schema import FEATURE_NAMES, WINDOWS
 
@@ -225,7 +226,87 @@ class Profile:
         return [getattr(self, name) for name in self.__slots__]
 
     @classmethod
-    def from_wire(cls, values: list[Any]) -> Profile:
+    def from_wire(cls, values: Any) -> Profile:
+        """The ``Profile`` that ``to_wire`` wrote, or ``CorruptState``: every field's type,
+        bounds and the invariants ``vector`` relies on (e.g. ``decay_ts <= last_ts``, else a
+        read would compute ``exp`` of a huge positive number) are checked; nothing converts,
+        so the profile re-encodes to the same bytes."""
+        n = len(cls.__slots__)
+        (
+            decayed,
+            decay_ts,
+            totals,
+            first_ts,
+            last_ts,
+            last_click,
+            last_cart,
+            last_order,
+            session_start,
+            session_events,
+            session_added,
+            session_ordered,
+            sessions_total,
+            carts_abandoned,
+            cart,
+            affinity,
+            affinity_ts,
+            recent_items,
+            recent_categories,
+            category_prices,
+            prices_seen,
+            prices_imputed,
+        ) = strict.need_list(values, "profile", length=n)
+        big = strict.MAX_NUMBER
+        for value in strict.need_list(decayed, "decayed", length=5 * _N_WINDOWS):
+            strict.need_num(value, "a decayed counter", 0.0, big)
+        for value in strict.need_list(totals, "totals", length=5):
+            strict.need_num(value, "a total", 0.0, big)
+        times = [
+            strict.opt_int(t, name)
+            for t, name in (
+                (decay_ts, "decay_ts"),
+                (first_ts, "first_ts"),
+                (last_ts, "last_ts"),
+                (last_click, "last_click"),
+                (last_cart, "last_cart"),
+                (last_order, "last_order"),
+                (session_start, "session_start"),
+                (affinity_ts, "affinity_ts"),
+            )
+        ]
+        if (decay_ts is None) != (last_ts is None) or (decay_ts is not None and decay_ts > last_ts):
+            raise strict.fail("decay_ts and last_ts disagree")
+        if last_ts is not None and any(t is not None and t > last_ts for t in times):
+            raise strict.fail("an event time is newer than last_ts")
+        for value, name in (
+            (session_events, "session_events"),
+            (sessions_total, "sessions_total"),
+            (carts_abandoned, "carts_abandoned"),
+            (prices_seen, "prices_seen"),
+            (prices_imputed, "prices_imputed"),
+        ):
+            strict.need_int(value, name)
+        strict.need_bool(session_added, "session_added")
+        strict.need_bool(session_ordered, "session_ordered")
+        for item, line in strict.need_dict(cart, "cart").items():
+            strict.need_str(item, "cart item")
+            quantity, price = strict.need_list(line, "cart line", length=2)
+            strict.need_num(quantity, "cart quantity", -big, big)
+            strict.need_num(price, "cart price", 0.0, big)
+        for category, weight in strict.need_dict(affinity, "affinity").items():
+            strict.need_str(category, "affinity category")
+            strict.need_num(weight, "affinity", 0.0, big)
+        for value in strict.need_list(recent_items, "recent_items", max_len=100_000):
+            strict.need_str(value, "a recent item")
+        for value in strict.need_list(recent_categories, "recent_categories", max_len=100_000):
+            strict.need_str(value, "a recent category")
+        if len(recent_items) != len(recent_categories):
+            raise strict.fail("recent_items and recent_categories differ in length")
+        for category, entry in strict.need_dict(category_prices, "category_prices").items():
+            strict.need_str(category, "price category")
+            total, count = strict.need_list(entry, "category price", length=2)
+            strict.need_num(total, "category price sum", 0.0, big)
+            strict.need_int(count, "category price count")
         return cls(*values)
 
     def copy(self) -> Profile:

@@ -7,23 +7,36 @@ events had arrived in order: the state is a function of the *set* of events appl
 their arrival order. Older events are ``LATE`` and go to the dead-letter topic.
 
 It also remembers the ids of recently applied events, so an event redelivered after a crash
-(Kafka at-least-once) is recognised and not applied twice (design principle 3).
+(Kafka at-least-once) is recognised and not applied twice (design principle 3). With each id it
+keeps a 32-bit fingerprint of the event's content (a CRC of its canonical wire form): an id that
+comes back with other content is not a redelivery but a ``CONFLICT`` (dead-lettered as
+``conflicting_duplicate``), never silently merged or counted as a duplicate.
+
+The changelog form (``encode_state``/``decode_state``) is read back from a topic anyone with
+write access to the broker can write to, so ``decode_state`` is strict: any bytes either decode
+into a ``UserState`` whose every field has the type and bounds the feature core relies on, or
+raise ``CorruptState``, never another exception.
 """
 
 from __future__ import annotations
 
 import bisect
 import enum
+import itertools
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from stream import strict
+from stream.errors import CorruptState
 from stream.events import CartChange, Click, Event, Order, OrderLine
 from stream.features.profile import Profile, ProfileConfig
 from stream.features.schema import FEATURE_NAMES, SCHEMA_HASH
 
 __all__ = [
+    "MAX_STATE_BYTES",
     "FeatureConfig",
     "Outcome",
     "UserState",
@@ -32,9 +45,14 @@ __all__ = [
     "describe",
     "encode_state",
     "feature_vector",
+    "fingerprint",
 ]
 
-_STATE_FORMAT = 2
+#: 3: each seen event id keeps ``[ts, fingerprint]``; 2 (still read): only its ts.
+_STATE_FORMAT = 3
+_READABLE_FORMATS = (2, 3)
+#: The largest user state record read back (a Kafka record is far smaller in practice).
+MAX_STATE_BYTES = 16 * 2**20
 
 
 class Outcome(enum.Enum):
@@ -43,6 +61,8 @@ class Outcome(enum.Enum):
     APPLIED = "applied"
     DUPLICATE = "duplicate"
     LATE = "late"
+    #: The event id was applied before with other content: refused, the state is unchanged.
+    CONFLICT = "conflict"
 
 
 @dataclass(frozen=True)
@@ -70,9 +90,10 @@ class UserState:
     max_ts: int | None = None
     duplicates: int = 0
     late: int = 0
-    #: Recently applied event ids with their ts, per event kind: an input topic can run ahead
-    #: of another in event time, so each kind is pruned by its own clock.
-    seen: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: Recently applied event ids with ``(ts, fingerprint)``, per event kind: an input topic
+    #: can run ahead of another in event time, so each kind is pruned by its own clock. The
+    #: fingerprint (``fingerprint``) is None for ids remembered by a format-2 state.
+    seen: dict[str, dict[str, tuple[int, int | None]]] = field(default_factory=dict)
     #: ``base`` with ``tail`` applied; derived, rebuilt on demand, never serialized.
     view: Profile | None = None
 
@@ -86,6 +107,18 @@ def _key(event: Event) -> tuple[int, str]:
     return (event.ts, event.event_id)
 
 
+def fingerprint(event: Event) -> int:
+    """A 32-bit CRC of the event's canonical wire form: equal events, equal fingerprints.
+
+    >>> a = Click(event_id="e1", user_id="u1", ts=1_767_225_600_000, item_id="i1")
+    >>> fingerprint(a) == fingerprint(Click("e1", "u1", 1_767_225_600_000, "i1"))
+    True
+    >>> fingerprint(a) == fingerprint(Click("e1", "u1", 1_767_225_600_000, "i2"))
+    False
+    """
+    return zlib.crc32(orjson.dumps(_event_to_wire(event)))
+
+
 def apply_event(state: UserState, event: Event, config: FeatureConfig) -> Outcome:
     """Apply ``event`` to ``state`` in place, unless it is a duplicate or too late.
 
@@ -97,18 +130,29 @@ def apply_event(state: UserState, event: Event, config: FeatureConfig) -> Outcom
     >>> old = Click(event_id="e0", user_id="u1", ts=1_767_225_600_000 - 7_200_000, item_id="i1")
     >>> apply_event(s, old, FeatureConfig()).value
     'late'
+    >>> reused = Click(event_id="e1", user_id="u1", ts=1_767_225_600_000, item_id="i9")
+    >>> apply_event(s, reused, FeatureConfig()).value, s.duplicates
+    ('conflict', 1)
     """
+    content = fingerprint(event)
     seen = state.seen.get(event.kind)
     if seen is None:
         seen = state.seen[event.kind] = {}
-    elif event.event_id in seen:
-        state.duplicates += 1
-        return Outcome.DUPLICATE
+    else:
+        known = seen.get(event.event_id)
+        if known is not None:
+            ts, content_before = known
+            # An id remembered without a fingerprint (format 2) can only be judged by its ts.
+            same = ts == event.ts if content_before is None else content_before == content
+            if not same:
+                return Outcome.CONFLICT
+            state.duplicates += 1
+            return Outcome.DUPLICATE
     lateness = config.allowed_lateness_ms
     if state.max_ts is not None and event.ts < state.max_ts - lateness:
         state.late += 1
         return Outcome.LATE
-    seen[event.event_id] = event.ts
+    seen[event.event_id] = (event.ts, content)
     if len(seen) > config.dedup_max_ids:
         state.seen[event.kind] = _pruned(seen, config)
 
@@ -133,12 +177,14 @@ def apply_event(state: UserState, event: Event, config: FeatureConfig) -> Outcom
     return Outcome.APPLIED
 
 
-def _pruned(seen: dict[str, int], config: FeatureConfig) -> dict[str, int]:
+def _pruned(
+    seen: dict[str, tuple[int, int | None]], config: FeatureConfig
+) -> dict[str, tuple[int, int | None]]:
     """Amortised pruning, only when over the cap: drop ids beyond the horizon, then the oldest
     half, so the next prune is ``dedup_max_ids / 2`` events away."""
-    horizon = max(seen.values()) - config.dedup_horizon_ms
-    kept = sorted(((t, i) for i, t in seen.items() if t >= horizon), reverse=True)
-    return {i: t for t, i in kept[: max(1, config.dedup_max_ids // 2)]}
+    horizon = max(t for t, _f in seen.values()) - config.dedup_horizon_ms
+    kept = sorted(((t, i) for i, (t, _f) in seen.items() if t >= horizon), reverse=True)
+    return {i: seen[i] for _t, i in kept[: max(1, config.dedup_max_ids // 2)]}
 
 
 def current_profile(state: UserState, config: FeatureConfig) -> Profile:
@@ -192,15 +238,6 @@ def _event_to_wire(e: Event) -> list[Any]:
     return ["o", e.event_id, e.user_id, e.ts, e.order_id, lines, e.total, e.session_id]
 
 
-def _event_from_wire(w: list[Any]) -> Event:
-    if w[0] == "c":
-        return Click(*w[1:])
-    if w[0] == "k":
-        return CartChange(*w[1:])
-    lines = tuple(OrderLine(*line) for line in w[5])
-    return Order(w[1], w[2], w[3], w[4], lines, w[6], w[7])
-
-
 def encode_state(state: UserState) -> bytes:
     """Compact changelog form: a versioned JSON array (orjson); the view is not stored."""
     return orjson.dumps(
@@ -219,15 +256,189 @@ def encode_state(state: UserState) -> bytes:
 
 
 def decode_state(data: bytes) -> UserState:
-    fields = orjson.loads(data)
-    if fields[0] != _STATE_FORMAT:
-        raise ValueError(f"unknown user state format {fields[0]!r}; replay the changelog")
+    """The ``UserState`` that ``encode_state`` wrote (format 3, or format 2), or
+    ``CorruptState`` for anything else: every field is checked for type, bounds and the
+    invariants the feature core relies on, so a forged record cannot crash scoring later.
+
+    >>> decode_state(encode_state(UserState("u1"))) == UserState("u1")
+    True
+    >>> decode_state(b'[2, "x"]')
+    Traceback (most recent call last):
+    ...
+    stream.errors.CorruptState: user state: expected 8 fields, got 2
+    """
+    try:
+        return _decode_state(data)
+    except CorruptState as exc:
+        raise CorruptState("user state", exc.detail) from None
+    except Exception as exc:  # a safety net: the checks above should leave nothing to catch
+        raise CorruptState("user state", f"undecodable: {exc!r}"[:300]) from None
+
+
+_KINDS = ("click", "cart", "order")
+_MAX_FINGERPRINT = 2**32 - 1
+
+
+def _decode_state(data: bytes) -> UserState:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise strict.fail(f"not bytes ({type(data).__name__})")
+    if len(data) > MAX_STATE_BYTES:
+        raise strict.fail(f"{len(data)} bytes > {MAX_STATE_BYTES}")
+    try:
+        fields = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise strict.fail(f"not JSON: {exc}"[:200]) from None
+    if type(fields) is not list or not fields:
+        raise strict.fail("not a non-empty JSON array")
+    fmt = fields[0]
+    if type(fmt) is not int or fmt not in _READABLE_FORMATS:
+        raise strict.fail(f"unknown format {str(fmt)[:20]!r}; replay the changelog")
+    if len(fields) != 8:
+        raise strict.fail(f"expected 8 fields, got {len(fields)}")
+    _fmt, user_id, base, tail, max_ts, duplicates, late, seen = fields
+    user_id = strict.need_str(user_id, "user_id")
+    profile = Profile.from_wire(base)
+    events = [_event_from_wire(w, user_id) for w in strict.need_list(tail, "tail")]
+    max_ts = strict.opt_int(max_ts, "max_ts", 0, strict.MAX_TS)
+    if events:
+        if max_ts is None or max_ts < events[-1].ts:
+            raise strict.fail("max_ts is older than the tail's newest event")
+        keys = [_key(e) for e in events]
+        if any(a > b for a, b in itertools.pairwise(keys)):
+            raise strict.fail("the tail is not in event-time order")
     return UserState(
-        user_id=fields[1],
-        base=Profile.from_wire(fields[2]),
-        tail=[_event_from_wire(w) for w in fields[3]],
-        max_ts=fields[4],
-        duplicates=fields[5],
-        late=fields[6],
-        seen=fields[7],
+        user_id=user_id,
+        base=profile,
+        tail=events,
+        max_ts=max_ts,
+        duplicates=strict.need_int(duplicates, "duplicates"),
+        late=strict.need_int(late, "late"),
+        seen=_seen_from_wire(seen, fmt),
     )
+
+
+def _seen_from_wire(seen: Any, fmt: int) -> dict[str, dict[str, tuple[int, int | None]]]:
+    out: dict[str, dict[str, tuple[int, int | None]]] = {}
+    max_ts, max_len = strict.MAX_TS, strict.MAX_STRING
+    for kind, ids in strict.need_dict(seen, "seen", len(_KINDS)).items():
+        if kind not in _KINDS:
+            raise strict.fail(f"seen has an unknown event kind {kind[:20]!r}")
+        entries: dict[str, tuple[int, int | None]] = {}
+        for event_id, entry in strict.need_dict(ids, f"seen[{kind}]").items():
+            if len(event_id) > max_len:
+                raise strict.fail("a seen event id is too long")
+            if fmt == 2:
+                entries[event_id] = (strict.need_int(entry, "seen ts", 0, max_ts), None)
+                continue
+            # The common case checked inline (a state holds hundreds of these), else in detail.
+            if type(entry) is list and len(entry) == 2:
+                ts, stored = entry
+                if (
+                    type(ts) is int
+                    and 0 <= ts <= max_ts
+                    and type(stored) is int
+                    and 0 <= stored <= _MAX_FINGERPRINT
+                ):
+                    entries[event_id] = (ts, stored)
+                    continue
+            ts, stored = strict.need_list(entry, "seen entry", length=2)
+            entries[event_id] = (
+                strict.need_int(ts, "seen ts", 0, max_ts),
+                strict.opt_int(stored, "seen fingerprint", 0, _MAX_FINGERPRINT),
+            )
+        out[kind] = entries
+    return out
+
+
+def _event_from_wire(w: Any, user_id: str) -> Event:
+    """A tail event: the common, valid case checked inline (a state holds many), anything else
+    by ``_checked_event`` (which says what is wrong)."""
+    if type(w) is list and len(w) == 8 and w[0] == "c":
+        _c, event_id, uid, ts, item_id, category, price, session_id = w
+        if (
+            uid == user_id
+            and type(ts) is int
+            and 0 <= ts <= _MAX_TS
+            and type(event_id) is str
+            and type(item_id) is str
+            and type(category) is str
+            and len(event_id) + len(item_id) + len(category) <= _MAX_STRING
+            # NaN and infinities fail the comparison; an int is a price too (and stays one).
+            and (price is None or (type(price) in _NUMBERS and 0 <= price <= _MAX_NUMBER))
+            and (session_id is None or (type(session_id) is str and len(session_id) <= _MAX_STRING))
+        ):
+            return Click(event_id, user_id, ts, item_id, category, price, session_id)
+    return _checked_event(w, user_id)
+
+
+_MAX_TS, _MAX_STRING, _MAX_NUMBER = strict.MAX_TS, strict.MAX_STRING, strict.MAX_NUMBER
+_NUMBERS = (float, int)
+
+
+def _checked_event(w: Any, user_id: str) -> Event:
+    wire = strict.need_list(w, "tail event", max_len=10)
+    if not wire:
+        raise strict.fail("empty tail event")
+    tag = wire[0]
+    expected = {"c": 8, "k": 10, "o": 8}.get(tag) if type(tag) is str else None
+    if expected is None:
+        raise strict.fail(f"unknown tail event tag {str(tag)[:10]!r}")
+    if len(wire) != expected:
+        raise strict.fail(f"a {tag!r} tail event needs {expected} fields, has {len(wire)}")
+    event_id = strict.need_str(wire[1], "event_id")
+    if strict.need_str(wire[2], "event user_id") != user_id:
+        raise strict.fail("a tail event belongs to another user")
+    ts = strict.need_int(wire[3], "event ts", 0, strict.MAX_TS)
+    if tag == "c":
+        _c, _e, _u, _t, item_id, category, price, session_id = wire
+        return Click(
+            event_id,
+            user_id,
+            ts,
+            strict.need_str(item_id, "item_id"),
+            strict.need_str(category, "category"),
+            _opt_price(price, "price"),
+            strict.opt_str(session_id, "session_id"),
+        )
+    if tag == "k":
+        _k, _e, _u, _t, item_id, action, category, price, quantity, session_id = wire
+        if action not in ("add", "remove"):
+            raise strict.fail("a cart event's action is neither 'add' nor 'remove'")
+        return CartChange(
+            event_id,
+            user_id,
+            ts,
+            strict.need_str(item_id, "item_id"),
+            action,
+            strict.need_str(category, "category"),
+            _opt_price(price, "price"),
+            strict.need_int(quantity, "quantity", 1, 2**31),
+            strict.opt_str(session_id, "session_id"),
+        )
+    _o, _e, _u, _t, order_id, lines, total, session_id = wire
+    items = []
+    for line in strict.need_list(lines, "order lines", max_len=100_000):
+        item_id, price, quantity, category = strict.need_list(line, "order line", length=4)
+        items.append(
+            OrderLine(
+                strict.need_str(item_id, "line item_id"),
+                strict.need_num(price, "line price", 0.0),
+                strict.need_int(quantity, "line quantity", 1, 2**31),
+                strict.need_str(category, "line category"),
+            )
+        )
+    if not items:
+        raise strict.fail("an order without lines")
+    return Order(
+        event_id,
+        user_id,
+        ts,
+        strict.need_str(order_id, "order_id"),
+        tuple(items),
+        strict.need_num(total, "total", 0.0),
+        strict.opt_str(session_id, "session_id"),
+    )
+
+
+def _opt_price(value: Any, name: str) -> float | None:
+    return None if value is None else strict.need_num(value, name, 0.0)

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import math
 from collections.abc import Collection
 
-from stream.events import CartChange, Event, Order
+from stream.events import UNKNOWN_CATEGORY, CartChange, Event, Order
 
 __all__ = ["ItemPopularity"]
 
-_REBASE = 2.0**40  # rebase the scale before floats lose precision
+_REBASE_EXPONENT = 40  # rebase the scale (at 2 ** 40) before floats lose precision
+_FORGET = 2.0**-40  # a decayed count below this is dropped at a rebase
 _TOP = 64  # ranked items kept per category and shop-wide, so ``top`` needs no scan
 
 
@@ -48,44 +50,83 @@ class ItemPopularity:
         return f"ItemPopularity(half_life_ms={self.half_life_ms})"
 
     def observe(self, event: Event) -> None:
-        """Count a cart add (by quantity) or each line of an order; clicks only teach the
-        item's category."""
+        """Count a cart add (by quantity) or each line of an order; clicks (and cart removals)
+        only teach the item's category."""
         if isinstance(event, CartChange):
             if event.action == "add":
                 self._add(event.item_id, event.category, float(event.quantity), event.ts)
             else:
-                self._category.setdefault(event.item_id, event.category)
+                self._teach(event.item_id, event.category)
         elif isinstance(event, Order):
             for line in event.items:
                 self._add(line.item_id, line.category, float(line.quantity), event.ts)
         else:
-            self._category.setdefault(event.item_id, event.category)
+            self._teach(event.item_id, event.category)
+
+    def _teach(self, item: str, category: str) -> None:
+        """A click or a removal names the item's category without counting it: the first name
+        stays, except that a real category replaces ``unknown`` (its counts move along)."""
+        current = self._category.get(item)
+        if current is None:
+            self._category[item] = category
+        elif current == UNKNOWN_CATEGORY and category != UNKNOWN_CATEGORY:
+            self._move(item, current, category)
 
     def _add(self, item: str, category: str, amount: float, ts: int) -> None:
+        current = self._category.get(item)
+        if category == UNKNOWN_CATEGORY and current is not None:
+            # A line without a category (e.g. an order line) counts under the item's known one.
+            category = current
+        if not (amount > 0 and math.isfinite(amount)):
+            self._teach(item, category)
+            return
         if self._t0 is None:
             self._t0 = ts
         if self._now is None or ts > self._now:
             self._now = ts
-        weight = 2.0 ** ((ts - self._t0) / self.half_life_ms)
-        if weight > _REBASE:
+        exponent = (ts - self._t0) / self.half_life_ms
+        if exponent > _REBASE_EXPONENT:
+            # Rebased before the power is taken: ``2.0 ** x`` overflows (raises) past x = 1024,
+            # i.e. an event ~20 years after the first one (valid timestamps reach back to 2000).
             self._rebase(ts)
-            weight = 1.0
-        value = amount * weight
-        previous = self._category.get(item)
-        if previous is not None and previous != category:  # an item moved category
-            self._category_scaled[previous] -= self._by_category[previous].pop(item, 0.0)
-            carried = self._scaled.get(item, 0.0)
-            self._by_category.setdefault(category, {})[item] = carried
-            self._category_scaled[category] = self._category_scaled.get(category, 0.0) + carried
-            self._heads.pop(previous, None)
-            self._heads.pop(category, None)
+            exponent = 0.0
+        value = amount * 2.0**exponent  # 0.0 for an event far older than the scale's origin
+        if current is not None and current != category:  # the item moved category
+            self._move(item, current, category)
         self._category[item] = category
+        if value <= 0.0:
+            return
         self._scaled[item] = self._scaled.get(item, 0.0) + value
         bucket = self._by_category.setdefault(category, {})
         bucket[item] = bucket.get(item, 0.0) + value
         self._category_scaled[category] = self._category_scaled.get(category, 0.0) + value
         for key in (None, category):
             head = self._heads.get(key)
+            if head is not None:
+                self._promote(head, item)
+
+    def _move(self, item: str, previous: str, category: str) -> None:
+        """Carry the item's count from ``previous`` to ``category``. ``previous`` may hold no
+        count of it at all (it was only clicked there), or not exist as a category yet."""
+        bucket = self._by_category.get(previous)
+        if bucket is not None and item in bucket:
+            left = bucket.pop(item)
+            if bucket:
+                total = self._category_scaled.get(previous, 0.0) - left
+                self._category_scaled[previous] = max(total, 0.0)
+            else:  # exactly nothing left (no float residue of subtractions)
+                del self._by_category[previous]
+                self._category_scaled.pop(previous, None)
+            head = self._heads.get(previous)
+            if head is not None and item in head:
+                del self._heads[previous]  # rebuilt when next read: another item takes its place
+        self._category[item] = category
+        carried = self._scaled.get(item, 0.0)
+        if carried > 0.0:
+            target = self._by_category.setdefault(category, {})
+            target[item] = target.get(item, 0.0) + carried
+            self._category_scaled[category] = self._category_scaled.get(category, 0.0) + carried
+            head = self._heads.get(category)
             if head is not None:
                 self._promote(head, item)
 
@@ -110,13 +151,21 @@ class ItemPopularity:
         return head
 
     def _rebase(self, ts: int) -> None:
+        """Move the scale's origin to ``ts``. Counts decayed below ``_FORGET`` (a single add
+        ~40 half-lives old) are forgotten, so items nobody adds any more do not pile up; the
+        category totals are summed afresh (no residue of earlier moves) and the ranked heads
+        rebuilt when next read."""
         assert self._t0 is not None
-        factor = 2.0 ** (-(ts - self._t0) / self.half_life_ms)
-        self._scaled = {i: v * factor for i, v in self._scaled.items()}
-        self._by_category = {
-            c: {i: v * factor for i, v in items.items()} for c, items in self._by_category.items()
-        }
-        self._category_scaled = {c: v * factor for c, v in self._category_scaled.items()}
+        factor = 2.0 ** (-(ts - self._t0) / self.half_life_ms)  # underflows to 0.0, never raises
+        self._scaled = {i: w for i, v in self._scaled.items() if (w := v * factor) >= _FORGET}
+        by_category: dict[str, dict[str, float]] = {}
+        for category, items in self._by_category.items():
+            kept = {i: w for i, v in items.items() if (w := v * factor) >= _FORGET}
+            if kept:
+                by_category[category] = kept
+        self._by_category = by_category
+        self._category_scaled = {c: math.fsum(items.values()) for c, items in by_category.items()}
+        self._heads = {}
         self._t0 = ts
 
     def _decay(self) -> float:
