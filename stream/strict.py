@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import orjson
+
 from stream.errors import CorruptState
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "need_str",
     "opt_int",
     "opt_str",
+    "versioned_array",
 ]
 
 #: Longest string kept in a state (ids, categories; the cleaning rules allow 256 by default).
@@ -55,6 +58,31 @@ MAX_TS = 10**15
 
 def fail(detail: str, what: str = "state") -> CorruptState:
     return CorruptState(what, detail)
+
+
+def versioned_array(data: Any, *, max_bytes: int, formats: tuple[int, ...], fields: int) -> list:
+    """The fields of a changelog value written as ``orjson.dumps([format, ...])``: bounded in
+    size, a JSON array of exactly ``fields`` items whose first is one of ``formats``.
+
+    >>> versioned_array(b"[2, 5]", max_bytes=64, formats=(2,), fields=2)
+    [2, 5]
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise fail(f"not bytes ({_kind(data)})")
+    if len(data) > max_bytes:
+        raise fail(f"{len(data)} bytes > {max_bytes}")
+    try:
+        values = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise fail(f"not JSON: {exc}"[:200]) from None
+    if type(values) is not list or not values:
+        raise fail("not a non-empty JSON array")
+    fmt = values[0]
+    if type(fmt) is not int or fmt not in formats:
+        raise fail(f"unknown format {str(fmt)[:20]!r}; replay the changelog")
+    if len(values) != fields:
+        raise fail(f"expected {fields} fields, got {len(values)}")
+    return values
 
 
 def _kind(value: Any) -> str:

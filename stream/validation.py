@@ -47,8 +47,8 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
 }
 
 
-def decode_event(kind: str, raw: bytes | None, *, now_ms: int | None, limits: Limits) -> Event:
-    """Decode one Kafka message value of topic ``kind`` into a clean event or raise ``Rejected``."""
+def _json_object(raw: bytes | None, limits: Limits) -> dict[str, Any]:
+    """The JSON object a message value holds (bounded in size), or ``Rejected``."""
     if raw is None:
         raise Rejected("not_json", "empty message value")
     if len(raw) > limits.max_payload_bytes:
@@ -59,6 +59,12 @@ def decode_event(kind: str, raw: bytes | None, *, now_ms: int | None, limits: Li
         raise Rejected("not_json", str(exc)[:200]) from None
     if not isinstance(obj, dict):
         raise Rejected("not_object", f"JSON {type(obj).__name__}, expected an object")
+    return obj
+
+
+def decode_event(kind: str, raw: bytes | None, *, now_ms: int | None, limits: Limits) -> Event:
+    """Decode one Kafka message value of topic ``kind`` into a clean event or raise ``Rejected``."""
+    obj = _json_object(raw, limits)
     return validate_object(kind, obj, now_ms=now_ms, limits=limits)
 
 
@@ -140,16 +146,7 @@ def decode_clock(raw: bytes | None, *, now_ms: int | None, limits: Limits) -> in
     >>> decode_clock(b'{"ts": 1767225600000, "source": "replay"}', now_ms=None, limits=Limits())
     1767225600000
     """
-    if raw is None:
-        raise Rejected("not_json", "empty message value")
-    if len(raw) > limits.max_payload_bytes:
-        raise Rejected("too_large", f"{len(raw)} bytes > {limits.max_payload_bytes}")
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise Rejected("not_json", str(exc)[:200]) from None
-    if not isinstance(obj, dict):
-        raise Rejected("not_object", f"JSON {type(obj).__name__}, expected an object")
+    obj = _json_object(raw, limits)
     if obj.get("ts") is None:
         raise Rejected("missing_field", "a clock message needs 'ts'")
     return _checked_ts(obj["ts"], now_ms, limits)

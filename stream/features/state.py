@@ -280,22 +280,10 @@ _MAX_FINGERPRINT = 2**32 - 1
 
 
 def _decode_state(data: bytes) -> UserState:
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise strict.fail(f"not bytes ({type(data).__name__})")
-    if len(data) > MAX_STATE_BYTES:
-        raise strict.fail(f"{len(data)} bytes > {MAX_STATE_BYTES}")
-    try:
-        fields = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise strict.fail(f"not JSON: {exc}"[:200]) from None
-    if type(fields) is not list or not fields:
-        raise strict.fail("not a non-empty JSON array")
-    fmt = fields[0]
-    if type(fmt) is not int or fmt not in _READABLE_FORMATS:
-        raise strict.fail(f"unknown format {str(fmt)[:20]!r}; replay the changelog")
-    if len(fields) != 8:
-        raise strict.fail(f"expected 8 fields, got {len(fields)}")
-    _fmt, user_id, base, tail, max_ts, duplicates, late, seen = fields
+    fields = strict.versioned_array(
+        data, max_bytes=MAX_STATE_BYTES, formats=_READABLE_FORMATS, fields=8
+    )
+    fmt, user_id, base, tail, max_ts, duplicates, late, seen = fields
     user_id = strict.need_str(user_id, "user_id")
     profile = Profile.from_wire(base)
     events = [_event_from_wire(w, user_id) for w in strict.need_list(tail, "tail")]

@@ -123,21 +123,9 @@ _MAX_CANDIDATES = 100_000
 
 
 def _decode_scores(data: Any) -> UserScores:
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise strict.fail(f"not bytes ({type(data).__name__})")
-    if len(data) > MAX_SCORES_BYTES:
-        raise strict.fail(f"{len(data)} bytes > {MAX_SCORES_BYTES}")
-    try:
-        fields = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise strict.fail(f"not JSON: {exc}"[:200]) from None
-    if type(fields) is not list or not fields:
-        raise strict.fail("not a non-empty JSON array")
-    fmt = fields[0]
-    if type(fmt) is not int or fmt != _USER_FORMAT:
-        raise strict.fail(f"unknown format {str(fmt)[:20]!r}: replay the changelog")
-    if len(fields) != 6:
-        raise strict.fail(f"expected 6 fields, got {len(fields)}")
+    fields = strict.versioned_array(
+        data, max_bytes=MAX_SCORES_BYTES, formats=(_USER_FORMAT,), fields=6
+    )
     _fmt, latest, churn, interest, offer, last_offer = fields
     for topic, message in strict.need_dict(latest, "latest", _MAX_TOPICS).items():
         strict.need_str(topic, "latest topic", 256)

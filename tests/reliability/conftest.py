@@ -39,6 +39,11 @@ def produce() -> Callable[..., int]:
 
 
 @pytest.fixture
+def send_raw() -> Callable[..., None]:
+    return _send_raw
+
+
+@pytest.fixture
 def rss_mb() -> Callable[[WorkerProcess], float]:
     return _rss_mb
 
@@ -90,6 +95,22 @@ def _produce(settings: Settings, messages: Iterable[tuple[Any, ...]]) -> int:
         return sent
 
     return asyncio.run(send())
+
+
+def _send_raw(settings: Settings, records: Iterable[tuple[str, int, bytes, bytes]]) -> None:
+    """(physical topic, partition, key, value), produced as they are, in order: what anyone
+    with write access to the broker can do to any topic, changelogs included."""
+
+    async def send() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers())
+        await producer.start()
+        try:
+            for topic, partition, key, value in records:
+                await producer.send_and_wait(topic, value=value, key=key, partition=partition)
+        finally:
+            await producer.stop()
+
+    asyncio.run(send())
 
 
 def _rss_mb(worker: WorkerProcess) -> float:

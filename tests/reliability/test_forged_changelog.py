@@ -7,14 +7,12 @@ changelog left ``/health`` at 503 ``tables_recovered: false`` forever, on every 
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 import urllib.request
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from stream.features import UserState, encode_state
 
@@ -26,31 +24,6 @@ YEAR_2100 = 4_102_444_800_000
 
 def _changelog(settings, table: str) -> str:
     return f"{settings.app_id}-{table}-changelog"
-
-
-def _send_raw(settings, records) -> None:
-    """(topic, partition, key, value) sent as they are: what an attacker with write access does."""
-
-    async def send() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers())
-        await producer.start()
-        try:
-            for topic, partition, key, value in records:
-                await producer.send_and_wait(topic, value=value, key=key, partition=partition)
-        finally:
-            await producer.stop()
-
-    asyncio.run(send())
-
-
-def _user(url: str, user_id: str) -> dict | None:
-    try:
-        with urllib.request.urlopen(f"{url}/users/{user_id}", timeout=5) as resp:
-            return orjson.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            return None
-        raise
 
 
 def _rejected(url: str) -> dict[str, float]:
@@ -65,9 +38,10 @@ def _rejected(url: str) -> dict[str, float]:
 
 @pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
 def test_forged_changelog_records_are_skipped_and_recovery_completes(
-    settings, start_worker, produce, wait, tmp_path, store
+    settings, start_worker, produce, wait, tmp_path, store, send_raw, helpers
 ) -> None:
     settings = dataclasses.replace(settings, store=store)
+    _user = helpers.user_view
     first = start_worker(settings, name="first")
     click = {"event_id": "e1", "user_id": "u1", "ts": NOW - 60_000, "item_id": "i1"}
     produce(settings, [("clicks", b"u1", orjson.dumps(click))])
@@ -92,7 +66,7 @@ def test_forged_changelog_records_are_skipped_and_recovery_completes(
         (_changelog(settings, "learners"), 0, b"3", b"x"),
         (_changelog(settings, "learners"), 1, b"../../etc", b"x"),
     ]
-    _send_raw(settings, records)
+    send_raw(settings, records)
 
     second = start_worker(settings, name="second")  # fails the test unless ready in 90 s
     health = second.health()

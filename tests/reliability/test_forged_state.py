@@ -10,7 +10,6 @@ its next checkpoint writes over the forgery.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import pickle
 import time
@@ -19,7 +18,6 @@ import zlib
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
 pytestmark = pytest.mark.broker
@@ -46,21 +44,6 @@ def _users_of(partition: int, partitions: int, n: int) -> list[str]:
             out.append(user)
         i += 1
     return out
-
-
-def _send_raw(settings, records) -> None:
-    """(topic, partition, key, value), produced as they are, in order."""
-
-    async def send() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers())
-        await producer.start()
-        try:
-            for topic, partition, key, value in records:
-                await producer.send_and_wait(topic, value=value, key=key, partition=partition)
-        finally:
-            await producer.stop()
-
-    asyncio.run(send())
 
 
 def _learners_rejected(url: str) -> float:
@@ -93,7 +76,7 @@ def _clicks(users: list[str], tag: str) -> list[tuple[str, bytes, bytes]]:
 
 
 def test_a_forged_learners_checkpoint_never_runs_code(
-    settings, start_worker, produce, wait, tmp_path
+    settings, start_worker, produce, wait, tmp_path, send_raw
 ) -> None:
     marker = tmp_path / "pwned"
     # A first worker creates the topics (the changelogs with their partitions), then stops.
@@ -103,7 +86,7 @@ def test_a_forged_learners_checkpoint_never_runs_code(
     # The bare pickle the reader took before (what the issue's probe wrote), on partition 0 as
     # chunk then header, and the same under a later generation on partition 1.
     payload = pickle.dumps(_RunsCommand(f"touch {marker}"))
-    _send_raw(
+    send_raw(
         settings,
         [
             (changelog, 0, b"0#1#0", zlib.compress(payload)),
