@@ -182,12 +182,14 @@ def generate(users, days, seed, out, change_day, bad_fraction, duplicate_fractio
 def replay(obj: _Context, file: Path, until: str | None, rate: float | None) -> None:
     """Publish a log's events in event-time order, keyed by user_id."""
     from stream.progress import StatusLine
-    from stream.replay import ReplaySummary, publish, read_log
+    from stream.replay import ReplaySummary, check_clock_time, publish, read_log
 
     until_ms = _parse_time(until)
     try:
         settings = obj.settings()
         settings.bootstrap_servers()
+        if until_ms is not None:
+            check_clock_time(settings, until_ms)  # before reading a large log, not after
         summary = ReplaySummary()
         events = read_log(file, summary)
         if summary.skipped:
