@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import json
 import time
 import urllib.request
 from collections.abc import Iterable
@@ -106,16 +105,6 @@ def _metric(url: str, name: str, **labels: str) -> float:
     return total
 
 
-def _user(url: str, user_id: str) -> dict[str, Any] | None:
-    try:
-        with urllib.request.urlopen(f"{url}/users/{user_id}", timeout=5) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            return None
-        raise
-
-
 def _changelog_partitions(settings: Settings, key: str) -> set[int]:
     async def run() -> set[int]:
         topic = f"{settings.app_id}-users-changelog"
@@ -129,8 +118,9 @@ def _click(user: str, event_id: str, ts: Any, **extra: Any) -> bytes:
 
 
 def test_hostile_messages_are_dead_lettered_and_nothing_wedges(
-    settings, start_worker, wait, worker_counts, dump
+    settings, start_worker, wait, worker_counts, dump, helpers
 ) -> None:
+    _user = helpers.user_view
     worker = start_worker(settings)
     url = worker.url
     now = int(time.time() * 1000)
