@@ -21,10 +21,10 @@ from faust.streams import _current_event
 from faust.types import TP, EventT
 
 from stream.broker_watch import install as install_broker_watch
-from stream.dlq import dlq_message, dlq_record
+from stream.dlq import dlq_message
 from stream.errors import ConfigError, Rejected
 from stream.events import INPUT_TOPICS, TOPIC_OF_KIND
-from stream.ingest import BatchResult, RawMessage, apply_clean, clean_message
+from stream.ingest import BatchResult, RawMessage, apply_clean, clean_message, dead_letter
 from stream.kafka_compat import first_offsets
 from stream.kafka_compat import install as install_kafka_compat
 from stream.metrics import Metrics
@@ -430,12 +430,12 @@ class ShopscoreApp:
         for partition, now in sorted(stream_time.items()):
             await self.serving.deliver_due(partition, now, lambda p=partition: self._users_of(p))
 
-    def _hold_tick(self, event: EventT, wall: float) -> None:
+    def _hold_tick(self, event: EventT, result: BatchResult, now_ms: int, wall: float) -> None:
         """A clock message joins the aligner (it holds nothing back itself). One that breaks
         the clock rules (``decode_clock``: an event's timestamp bounds) is dead-lettered with
-        source topic ``clock``, counted, and acked: the clock never moves to a forged time."""
+        source topic ``clock`` and counted with the batch's rejections, then acked: the clock
+        never moves to a forged time."""
         message = event.message
-        now_ms = int(time.time() * 1000)
         try:
             ts = decode_clock(message.value, now_ms=now_ms, limits=self.settings.limits)
         except Exception as exc:
@@ -451,20 +451,8 @@ class ShopscoreApp:
                 reason,
                 detail[:200],
             )
-            record = dlq_record(
-                raw=message.value,
-                source_topic=CLOCK,
-                reason=reason,
-                detail=detail,
-                partition=message.partition,
-                offset=message.offset,
-                rejected_at_ms=now_ms,
-                key=message.key,
-            )
-            dlq_key, dlq_value = dlq_message(message.key, record)
-            self.dlq.send_soon(key=dlq_key, value=dlq_value)
-            self.metrics.produced.labels(DLQ).inc()
-            self.metrics.rejected.labels(CLOCK, reason).inc()
+            raw = RawMessage(CLOCK, message.partition, message.offset, message.key, message.value)
+            dead_letter(result, raw, reason, detail, now_ms)
             self._done.add(id(event))
             return
         self.aligner.push(
@@ -626,7 +614,7 @@ class ShopscoreApp:
                 continue
             self._ack_queues[message.tp].append(event)
             if message.topic == self._clock_name:
-                self._hold_tick(event, wall)
+                self._hold_tick(event, result, now_ms, wall)
                 continue
             msg = RawMessage(
                 contract[message.topic],

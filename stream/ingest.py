@@ -19,7 +19,14 @@ from stream.features import FeatureConfig, Outcome, UserState, apply_event
 from stream.settings import Limits
 from stream.validation import decode_event
 
-__all__ = ["BatchResult", "RawMessage", "apply_clean", "clean_message", "ingest_batch"]
+__all__ = [
+    "BatchResult",
+    "RawMessage",
+    "apply_clean",
+    "clean_message",
+    "dead_letter",
+    "ingest_batch",
+]
 
 log = logging.getLogger("shopscore.ingest")
 
@@ -97,13 +104,13 @@ def clean_message(
         event = decode_event(KIND_OF_TOPIC[msg.topic], msg.value, now_ms=now_ms, limits=limits)
         in_place = owns(event.user_id, msg.partition)
     except Rejected as rejected:
-        _dead_letter(result, msg, rejected.reason, rejected.detail, now_ms)
+        dead_letter(result, msg, rejected.reason, rejected.detail, now_ms)
         return None
     except Exception as exc:  # a bug in a cleaning rule must not stop the partition
         log.exception(
             "cleaning %s partition %s offset %s failed", msg.topic, msg.partition, msg.offset
         )
-        _dead_letter(result, msg, "processing_error", repr(exc)[:500], now_ms)
+        dead_letter(result, msg, "processing_error", repr(exc)[:500], now_ms)
         return None
     if not in_place:
         result.misrouted.append((ref, event.user_id))
@@ -134,7 +141,7 @@ def apply_clean(
             # A bug must not cost data: Faust acks a batch even when its body raises, so the
             # event is dead-lettered (replayable) and the batch goes on.
             log.exception("processing %s offset %s failed", msg.topic, msg.offset)
-            _dead_letter(result, msg, "processing_error", repr(exc)[:500], now_ms)
+            dead_letter(result, msg, "processing_error", repr(exc)[:500], now_ms)
             continue
         result.touched[user_id] = ref
         if outcome is Outcome.DUPLICATE:
@@ -142,11 +149,11 @@ def apply_clean(
             result.redelivered.append(event)
         elif outcome is Outcome.LATE:
             behind = (state.max_ts or 0) - event.ts
-            _dead_letter(result, msg, "late", f"{behind} ms behind the user's newest event", now_ms)
+            dead_letter(result, msg, "late", f"{behind} ms behind the user's newest event", now_ms)
         elif outcome is Outcome.CONFLICT:
             # A reused id with other content is neither a redelivery nor a new event: merging
             # it would let anyone rewrite an applied event, so it is refused and dead-lettered.
-            _dead_letter(
+            dead_letter(
                 result,
                 msg,
                 "conflicting_duplicate",
@@ -157,7 +164,7 @@ def apply_clean(
             result.applied.append(event)
 
 
-def _dead_letter(result: BatchResult, msg: RawMessage, reason: str, detail: str, now: int) -> None:
+def dead_letter(result: BatchResult, msg: RawMessage, reason: str, detail: str, now: int) -> None:
     """Count ``msg`` as rejected and queue its DLQ record; the key kept is bounded
     (``stream.dlq.bound_key``; the record says how it was cut), the record is sent with
     ``stream.dlq.dlq_message``."""

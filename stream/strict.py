@@ -18,11 +18,14 @@ stream.errors.CorruptState: state: count must be an integer, got bool
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import orjson
 
 from stream.errors import CorruptState
+
+T = TypeVar("T")
 
 __all__ = [
     "MAX_COUNT",
@@ -30,6 +33,7 @@ __all__ = [
     "MAX_NUMBER",
     "MAX_STRING",
     "MAX_TS",
+    "decoded",
     "fail",
     "need_bool",
     "need_dict",
@@ -58,6 +62,17 @@ MAX_TS = 10**15
 
 def fail(detail: str, what: str = "state") -> CorruptState:
     return CorruptState(what, detail)
+
+
+def decoded(what: str, decode: Callable[[Any], T], data: Any) -> T:
+    """``decode(data)``, with every failure a ``CorruptState`` about ``what``: the checks'
+    own, and, as a safety net, anything they left to raise."""
+    try:
+        return decode(data)
+    except CorruptState as exc:
+        raise CorruptState(what, exc.detail) from None
+    except Exception as exc:
+        raise CorruptState(what, f"undecodable: {exc!r}"[:300]) from None
 
 
 def versioned_array(data: Any, *, max_bytes: int, formats: tuple[int, ...], fields: int) -> list:

@@ -30,7 +30,6 @@ from typing import Any
 import orjson
 
 from stream import strict
-from stream.errors import CorruptState
 from stream.events import CartChange, Click, Event, Order, OrderLine
 from stream.features.profile import Profile, ProfileConfig
 from stream.features.schema import FEATURE_NAMES, SCHEMA_HASH
@@ -267,12 +266,7 @@ def decode_state(data: bytes) -> UserState:
     ...
     stream.errors.CorruptState: user state: expected 8 fields, got 2
     """
-    try:
-        return _decode_state(data)
-    except CorruptState as exc:
-        raise CorruptState("user state", exc.detail) from None
-    except Exception as exc:  # a safety net: the checks above should leave nothing to catch
-        raise CorruptState("user state", f"undecodable: {exc!r}"[:300]) from None
+    return strict.decoded("user state", _decode_state, data)
 
 
 _KINDS = ("click", "cart", "order")

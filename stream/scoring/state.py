@@ -108,12 +108,7 @@ class UserScores:
         ...
         stream.errors.CorruptState: scoring state: expected 6 fields, got 3
         """
-        try:
-            return _decode_scores(data)
-        except CorruptState as exc:
-            raise CorruptState("scoring state", exc.detail) from None
-        except Exception as exc:  # a safety net: the checks should leave nothing to catch
-            raise CorruptState("scoring state", f"undecodable: {exc!r}"[:300]) from None
+        return strict.decoded("scoring state", _decode_scores, data)
 
 
 _MAX_TOPICS = 64
