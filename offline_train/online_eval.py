@@ -1,26 +1,30 @@
 """Progressive (prequential) evaluation of the scoring engine over an event log, offline.
 
-It runs what the worker runs: the same cleaning, feature core and ``stream.scoring.Scorer``,
-in event-time order, in micro-batches, with labels revealed only as the log reveals them. Every
-churn score is kept with the ONNX model's own probability, then judged against what the log's
-future says (an order within the horizon or not), so "blend vs ONNX alone" is measured on the
-very predictions the service would have published.
+It runs what the worker runs, the very same code: each event goes through the worker's batch
+pipeline (``stream.pipeline.Pipeline``: cleaning, event-time alignment, the feature core, the
+scoring steps, due labels, clock ticks), in micro-batches, on one partition, with labels
+revealed only as the log reveals them. Every churn score the pipeline publishes is kept with
+the ONNX model's own probability, then judged against what the log's future says (an order
+within the horizon or not), so "blend vs ONNX alone" is measured on the very predictions the
+service would have published.
 """
 
 from __future__ import annotations
 
+import asyncio
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stream.events import Event, Order
-from stream.features import FeatureConfig, UserState, apply_event
-from stream.features.state import Outcome
+import orjson
+
+from stream.contract.topics import CLOCK
+from stream.events import TOPIC_OF_KIND, Event, Order, to_wire
 from stream.models.registry import Model
-from stream.scoring.engine import Scorer, ScoreResult, ScoringConfig, UserInput
-from stream.scoring.pending import DueLabels
-from stream.scoring.state import Learners, UserScores
+from stream.pipeline import BatchOutput, InputRecord, Pipeline, PipelineConfig, Stores
+from stream.scoring.engine import ScoringConfig
+from stream.scoring.state import Learners
 
 __all__ = ["ChurnRecord", "churn_records", "clean_log", "evaluate_log"]
 
@@ -40,6 +44,30 @@ class OnlineRun:
     drifts: int = 0
     orders: dict[str, list[int]] = field(default_factory=dict)
     end_ms: int = 0
+    #: Events the pipeline dead-lettered, per reason (a clean log has none but "late" ones).
+    rejected: dict[str, int] = field(default_factory=dict)
+
+    def collect(self, out: BatchOutput) -> None:
+        for record in out.records:
+            if record.topic == "scores.churn":
+                value = orjson.loads(record.value)
+                self.records.append(
+                    ChurnRecord(
+                        value["user_id"],
+                        value["ts"],
+                        value["churn_probability"],
+                        value["components"]["onnx"],
+                    )
+                )
+        for name, n in out.counts.labels.items():
+            self.labels[name] = self.labels.get(name, 0) + n
+        self.drifts += sum(out.counts.drifts.values())
+        for (_topic, reason), n in out.counts.rejected.items():
+            self.rejected[reason] = self.rejected.get(reason, 0) + n
+
+
+class ScoringErrors(RuntimeError):
+    """Some users could not be scored: an offline figure must not silently leave users out."""
 
 
 def evaluate_log(
@@ -53,93 +81,66 @@ def evaluate_log(
 ) -> OnlineRun:
     """Score ``events`` (clean, in event-time order) as a single-partition worker would,
     delivering labels as stream time passes their due time. At each time in ``clock_at``
-    every idle user is re-scored, as a ``clock`` message (``replay --until T``) does."""
-    config = config or ScoringConfig()
-    features: FeatureConfig = config.features
-    scorer = Scorer(models, config)
-    learners = Learners(seed=0)
-    states: dict[str, UserState] = {}
-    scores: dict[str, UserScores] = {}
+    every idle user is re-scored, as a ``clock`` message (``replay --until T``) does; a batch
+    ends before each tick, so the tick sees the states as of its time."""
+    pipeline = Pipeline(
+        PipelineConfig(
+            partitions=1,
+            scoring=config or ScoringConfig(),
+            check_future=False,
+            score_all=not churn_only,
+            checkpoint_every_s=None,
+        ),
+        models,
+        stores := Stores.in_memory(),
+        make_learners=lambda partition: Learners(seed=partition),
+    )
     run = OnlineRun()
-    batch: list[Event] = []
 
-    due = DueLabels()
-
-    def deliver(now_ms: int) -> None:
-        idle = [
-            UserInput(u, 0, states[u], scores[u], [], now_ms, "clock")
-            for u in due.pop_due(now_ms)
-            if (states[u].max_ts or 0) < now_ms
-        ]
-        collect(scorer.score(idle, lambda _p: learners, True))
-
-    def collect(result: ScoreResult) -> None:
-        for topic, _key, value in result.messages:
-            if topic == "scores.churn":
-                run.records.append(
-                    ChurnRecord(
-                        value["user_id"],
-                        value["ts"],
-                        value["churn_probability"],
-                        value["components"]["onnx"],
-                    )
+    async def drive() -> None:
+        for batch in _batches(events, batch_size, sorted(clock_at), run):
+            out = await pipeline.process(batch)
+            stores.apply(out.writes)
+            if out.counts.scoring_errors:
+                raise ScoringErrors(
+                    f"{out.counts.scoring_errors} users could not be scored (logged above)"
                 )
-        for name, n in result.labels.items():
-            run.labels[name] = run.labels.get(name, 0) + n
-        run.drifts += len(result.drifts)
-        for _partition, due_ms, user_id in result.due:
-            due.add(due_ms, user_id)
+            run.collect(out)
 
-    clocks = sorted(clock_at)
+    asyncio.run(drive())
+    return run
 
-    def clock(at_ms: int) -> None:
-        idle = [
-            UserInput(uid, 0, state, scores.setdefault(uid, UserScores()), [], at_ms, "clock")
-            for uid, state in states.items()
-            if (state.max_ts or 0) < at_ms
-        ]
-        collect(scorer.score(idle, lambda _p: learners, True))
 
-    def flush() -> None:
-        touched: dict[str, list[Event]] = {}
-        for event in batch:
-            state = states.setdefault(event.user_id, UserState(event.user_id))
-            if apply_event(state, event, features) is Outcome.APPLIED:
-                touched.setdefault(event.user_id, []).append(event)
-        users = [
-            UserInput(
-                uid,
-                0,
-                states[uid],
-                scores.setdefault(uid, UserScores()),
-                evs,
-                states[uid].max_ts or evs[-1].ts,
-                evs[-1].event_id,
-            )
-            for uid, evs in touched.items()
-        ]
-        collect(scorer.score(users, lambda _p: learners, churn_only))
-        deliver(max(e.ts for e in batch))
-        batch.clear()
+def _batches(
+    events: Iterable[Event], size: int, clocks: list[int], run: OnlineRun
+) -> Iterator[list[InputRecord]]:
+    """``events`` as input records of partition 0, ``size`` at a time, with a batch of one
+    clock record at each time of ``clocks`` once the log has passed it (or at its end)."""
+    offsets = dict.fromkeys((*TOPIC_OF_KIND.values(), CLOCK), 0)
 
+    def record(topic: str, value: dict[str, object]) -> InputRecord:
+        offset = offsets[topic]
+        offsets[topic] = offset + 1
+        return InputRecord(topic, 0, offset, None, orjson.dumps(value))
+
+    batch: list[InputRecord] = []
     for event in events:
         while clocks and event.ts > clocks[0]:
             if batch:
-                flush()
-            deliver(clocks[0])
-            clock(clocks.pop(0))
+                yield batch
+                batch = []
+            yield [record(CLOCK, {"ts": clocks.pop(0), "source": "evaluation"})]
         if isinstance(event, Order):
             run.orders.setdefault(event.user_id, []).append(event.ts)
         run.end_ms = max(run.end_ms, event.ts)
-        batch.append(event)
-        if len(batch) >= batch_size:
-            flush()
+        batch.append(record(TOPIC_OF_KIND[event.kind], to_wire(event)))
+        if len(batch) >= size:
+            yield batch
+            batch = []
     if batch:
-        flush()
+        yield batch
     for at_ms in clocks:
-        deliver(at_ms)
-        clock(at_ms)
-    return run
+        yield [record(CLOCK, {"ts": at_ms, "source": "evaluation"})]
 
 
 def churn_records(
@@ -167,9 +168,7 @@ def clean_log(path: str | Path) -> list[Event]:
     return [e for e in clean_events(path, now_ms=None) if not isinstance(e, Exception)]
 
 
-def snapshot_records(
-    run: OnlineRun, at_ms: int, horizon_ms: int
-) -> list[tuple[ChurnRecord, bool]]:
+def snapshot_records(run: OnlineRun, at_ms: int, horizon_ms: int) -> list[tuple[ChurnRecord, bool]]:
     """Each user's latest churn score at ``at_ms`` (what ``dump --latest-per-key`` shows after
     ``replay --until``), with its label from the log's future."""
     latest: dict[str, ChurnRecord] = {}

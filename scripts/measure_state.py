@@ -7,7 +7,7 @@ users, 30 days), then writes ``--users`` states (the sample, repeated under new 
 worker's changelog topic on an embedded broker and starts a worker on it: the time until
 ``/health`` is ready is the recovery time, and its RSS then is the memory for that population.
 Prints one JSON object. Feature state only: ``shopscore bench`` measures the same way with the
-worker's scoring state too (``stream/bench.py``, which this script reuses).
+worker's scoring state too (``stream/tools/bench/state.py``, which this script reuses).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from stream.bench import measure_state, offline_sample
 from stream.broker import EmbeddedBroker, free_port
 from stream.settings import Settings
+from stream.tools.bench import measure_state, offline_sample
 
 
 def main() -> None:

@@ -24,9 +24,9 @@ from offline_train.online_eval import clean_log
 from stream.broker import EmbeddedBroker, free_port
 from stream.dump import dump_topic
 from stream.embedded import WorkerProcess, read_worker_metrics
-from stream.generator import GeneratorConfig, write_log
 from stream.replay import publish, read_log
 from stream.settings import Settings
+from stream.tools.generator import GeneratorConfig, write_log
 
 
 def _progress(message: str) -> None:

@@ -155,8 +155,8 @@ def broker(host: str, port: int) -> None:
 @click.option("--duplicate-fraction", type=float, default=0.0, show_default=True)
 def generate(users, days, seed, out, change_day, bad_fraction, duplicate_fraction) -> None:
     """Write a synthetic event log (JSONL) and its ground truth (FILE.truth.json)."""
-    from stream.generator import GeneratorConfig, write_log
     from stream.progress import StatusLine
+    from stream.tools.generator import GeneratorConfig, write_log
 
     status = StatusLine()
     config = GeneratorConfig(
@@ -322,7 +322,7 @@ def bench(obj: _Context, quick: bool, as_json: bool, **sizes: Any) -> None:
     """
     import dataclasses
 
-    from stream.bench import BenchOptions, run_bench
+    from stream.tools.bench import BenchOptions, run_bench
 
     options = BenchOptions.quick() if quick else BenchOptions()
     options = dataclasses.replace(options, **{k: v for k, v in sizes.items() if v is not None})

@@ -27,10 +27,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stream.broker import EmbeddedBroker, _die_with_parent, free_port
 from stream.errors import ShopscoreError
-from stream.generator import GeneratorConfig, generate_events
 from stream.progress import StatusLine
 from stream.replay import ReplaySummary, iter_generated, publish
 from stream.settings import Settings
+from stream.tools.generator import GeneratorConfig, generate_events
 
 __all__ = ["DemoOptions", "WorkerProcess", "read_worker_metrics", "run_embedded"]
 

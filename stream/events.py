@@ -21,6 +21,7 @@ __all__ = [
     "Kind",
     "Order",
     "OrderLine",
+    "to_wire",
 ]
 
 Kind = Literal["click", "cart", "order"]
@@ -92,3 +93,37 @@ class Order:
 
 
 Event = Click | CartChange | Order
+
+
+def to_wire(event: Event) -> dict[str, object]:
+    """The JSON object a shop sends for ``event``: decoding it (``stream.validation``) gives
+    ``event`` back. Offline evaluation feeds clean events through the worker's pipeline this
+    way, so it runs the worker's cleaning too.
+
+    >>> to_wire(Click("e1", "u1", 1767225600000, "i1", "books", 9.5))
+    {'event_id': 'e1', 'user_id': 'u1', 'ts': 1767225600000, 'item_id': 'i1', 'category': 'books', 'price': 9.5}
+    """
+    wire: dict[str, object] = {"event_id": event.event_id, "user_id": event.user_id, "ts": event.ts}
+    if isinstance(event, Order):
+        wire["order_id"] = event.order_id
+        wire["items"] = [
+            {
+                "item_id": line.item_id,
+                "price": line.price,
+                "quantity": line.quantity,
+                "category": line.category,
+            }
+            for line in event.items
+        ]
+        wire["total"] = event.total
+    else:
+        wire["item_id"] = event.item_id
+        if isinstance(event, CartChange):
+            wire["action"] = event.action
+            wire["quantity"] = event.quantity
+        wire["category"] = event.category
+        if event.price is not None:
+            wire["price"] = event.price
+    if event.session_id is not None:
+        wire["session_id"] = event.session_id
+    return wire

@@ -22,6 +22,8 @@ lands, and a PromQL query over them returns an empty result, not an error.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -33,8 +35,9 @@ from prometheus_client import (
 )
 
 from stream import __version__
+from stream.contract.topics import DLQ, OUTPUT_TOPICS
 from stream.events import INPUT_TOPICS
-from stream.topics import DLQ, OUTPUT_TOPICS
+from stream.pipeline.counts import Counts
 
 __all__ = ["STATE_TABLES", "Metrics"]
 
@@ -259,3 +262,51 @@ class Metrics:
         for table in STATE_TABLES:
             self.state_rejected.labels(table)
         self.broker_up.set(1)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def child(self, family: Any, *labels: str) -> Any:
+        """``family.labels(*labels)``, resolved once: ``labels()`` takes a lock and builds a
+        key per call, and a batch increments a few dozen children."""
+        key = (id(family), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(*labels)
+        return child
+
+    def record(self, counts: Counts) -> None:
+        """Add what one pipeline call counted (``stream.pipeline.Counts``)."""
+        child = self.child
+        for topic, n in counts.consumed.items():
+            child(self.consumed, topic).inc(n)
+        for (topic, reason), n in counts.rejected.items():
+            child(self.rejected, topic, reason).inc(n)
+            if reason == "late":
+                child(self.late, topic).inc(n)
+        for topic, n in counts.duplicates.items():
+            child(self.duplicates, topic).inc(n)
+        for topic, n in counts.applied.items():
+            child(self.applied, topic).inc(n)
+        for topic, n in counts.misrouted.items():
+            child(self.misrouted, topic).inc(n)
+        for topic, n in counts.produced.items():
+            child(self.produced, topic).inc(n)
+        for learner, n in counts.drifts.items():
+            child(self.drift, learner).inc(n)
+        for table, n in counts.state_rejected.items():
+            child(self.state_rejected, table).inc(n)
+        if counts.scoring_errors:
+            self.scoring_errors.inc(counts.scoring_errors)
+        for model, seconds, users in counts.model_calls:
+            child(self.scoring_seconds, model).observe(seconds)
+            child(self.scoring_batch_size, model).observe(users)
+        if counts.end_to_end_s:
+            observe = self.end_to_end.observe
+            for seconds in counts.end_to_end_s:
+                observe(seconds)
+        if counts.ingest_latency_s:
+            observe = self.ingest_latency.observe
+            for seconds in counts.ingest_latency_s:
+                observe(seconds)
+        for (model, metric), value in counts.online.items():
+            child(self.online_metric, model, metric).set(value)
+        self.held.set(counts.held)

@@ -9,8 +9,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from stream.broker import kafka_ready
+from stream.contract.topics import ALL_TOPICS, CLOCK, DLQ, INPUT_TOPICS, OUTPUT_TOPICS
 from stream.errors import BrokerError
-from stream.events import INPUT_TOPICS
 from stream.settings import Settings
 
 __all__ = [
@@ -23,17 +23,6 @@ __all__ = [
     "ensure_topics",
 ]
 
-DLQ = "events.dlq"
-#: Control topic: ``{"ts": T}`` advances event time for idle users (design notes, "Clock").
-CLOCK = "clock"
-OUTPUT_TOPICS: tuple[str, ...] = (
-    "scores.interest",
-    "scores.churn",
-    "scores.purchase_power",
-    "recs.cart",
-    "offers",
-)
-ALL_TOPICS: tuple[str, ...] = (*INPUT_TOPICS, CLOCK, *OUTPUT_TOPICS, DLQ)
 
 
 def check_reachable(settings: Settings, timeout: float = 3.0) -> None:

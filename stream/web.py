@@ -73,7 +73,7 @@ def register_views(worker: ShopscoreApp) -> None:
         if state is None:
             return web.json({"error": "unknown user", "user_id": user_id}, status=404)
         body = describe(state, worker.clock_ms(), worker.features)
-        scores = worker.serving.user_scores(user_id).latest
+        scores = worker.user_scores(user_id).latest
         return web.json({"user_id": user_id, **body, "scores": scores})
 
 

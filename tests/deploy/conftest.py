@@ -27,8 +27,8 @@ import yaml
 
 from stream.broker import EmbeddedBroker, _die_with_parent, free_port
 from stream.embedded import WorkerProcess
-from stream.generator import GeneratorConfig, truth_path, write_log
 from stream.settings import Settings
+from stream.tools.generator import GeneratorConfig, truth_path, write_log
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

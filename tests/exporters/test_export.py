@@ -18,8 +18,8 @@ from exporters.onnx_export import TOLERANCE, _parity
 from stream.cli import cli
 from stream.errors import ExportError
 from stream.features import SCHEMA_HASH
-from stream.generator import GeneratorConfig, write_log
 from stream.models.registry import MODEL_NAMES, load_models
+from stream.tools.generator import GeneratorConfig, write_log
 
 METRICS = {
     "churn": {"auc", "precision", "recall", "f1", "brier"},

@@ -8,7 +8,7 @@ import pytest
 
 from offline_train.dataset import DatasetConfig, TrainingSets, build_training_sets
 from offline_train.logs import EventList, read_events
-from stream.generator import GeneratorConfig, write_log
+from stream.tools.generator import GeneratorConfig, write_log
 
 #: Short horizons so a 40-day log has a training and a validation period.
 SMALL = DatasetConfig(

@@ -20,9 +20,9 @@ import pytest
 from stream.dlq import MAX_RAW_BYTES
 from stream.errors import Rejected
 from stream.events import INPUT_TOPICS
-from stream.generator import GeneratorConfig, write_log
 from stream.replay import read_log
 from stream.settings import Limits
+from stream.tools.generator import GeneratorConfig, write_log
 from stream.validation import REASONS, decode_event
 
 pytestmark = pytest.mark.broker

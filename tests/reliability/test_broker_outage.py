@@ -18,7 +18,7 @@ import time
 import pytest
 
 from stream.broker import EmbeddedBroker
-from stream.generator import GeneratorConfig, write_log
+from stream.tools.generator import GeneratorConfig, write_log
 
 pytestmark = pytest.mark.broker
 

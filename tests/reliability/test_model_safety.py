@@ -20,8 +20,8 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream.generator import GeneratorConfig, write_log
 from stream.models.registry import MODEL_NAMES, shipped_dir
+from stream.tools.generator import GeneratorConfig, write_log
 
 pytestmark = pytest.mark.broker
 

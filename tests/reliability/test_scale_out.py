@@ -7,7 +7,7 @@ import time
 import pytest
 
 from stream.broker import free_port
-from stream.generator import GeneratorConfig, write_log
+from stream.tools.generator import GeneratorConfig, write_log
 
 pytestmark = pytest.mark.broker
 

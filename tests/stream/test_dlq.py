@@ -25,7 +25,7 @@ from stream.dlq import (
     dlq_record,
 )
 from stream.features import FeatureConfig
-from stream.ingest import RawMessage, ingest_batch
+from stream.pipeline.ingest import RawMessage, ingest_batch
 from stream.settings import Limits
 
 #: Faust's producer_max_request_size: what a DLQ message must stay under (with overhead).

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
-from stream.app import _broker_credentials
 from stream.errors import ConfigError
+from stream.kafka.options import broker_credentials as _broker_credentials
 from stream.settings import Settings
 
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from stream.generator import GeneratorConfig, write_log
+from stream.tools.generator import GeneratorConfig, write_log
 
 pytestmark = pytest.mark.broker
 

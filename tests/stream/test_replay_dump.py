@@ -11,8 +11,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream.generator import GeneratorConfig, write_log
 from stream.settings import Settings
+from stream.tools.generator import GeneratorConfig, write_log
 from stream.validation import parse_ts
 
 pytestmark = pytest.mark.broker

@@ -11,9 +11,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream.generator import GeneratorConfig, write_log
 from stream.models.registry import MODEL_NAMES, shipped_dir
 from stream.scoring.contracts import problems
+from stream.tools.generator import GeneratorConfig, write_log
 from stream.topics import OUTPUT_TOPICS
 
 pytestmark = pytest.mark.broker

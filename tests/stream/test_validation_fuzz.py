@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from stream.errors import Rejected
 from stream.events import KIND_OF_TOPIC, Order
 from stream.features import FeatureConfig
-from stream.ingest import BatchResult, RawMessage, clean_message, ingest_batch
 from stream.partitioning import owner_partition
+from stream.pipeline.ingest import BatchResult, RawMessage, clean_message, ingest_batch
 from stream.settings import Limits, Settings
 from stream.validation import REASONS, decode_clock, decode_event, parse_ts, validate_object
 

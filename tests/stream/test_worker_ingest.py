@@ -18,8 +18,8 @@ from aiokafka import AIOKafkaProducer
 from offline_train.replay import replay_log
 from stream.broker import free_port
 from stream.features import SCHEMA_HASH, FeatureConfig, describe
-from stream.generator import GeneratorConfig, truth_path, write_log
 from stream.settings import Settings
+from stream.tools.generator import GeneratorConfig, truth_path, write_log
 
 pytestmark = pytest.mark.broker
 

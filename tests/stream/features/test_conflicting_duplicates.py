@@ -9,7 +9,7 @@ import orjson
 from stream.events import CartChange, Click
 from stream.features import FeatureConfig, Outcome, UserState, apply_event, encode_state
 from stream.features.state import decode_state, fingerprint
-from stream.ingest import RawMessage, ingest_batch
+from stream.pipeline.ingest import RawMessage, ingest_batch
 from stream.settings import Limits
 from stream.validation import REASONS
 

@@ -12,9 +12,9 @@ import numpy as np
 
 from offline_train.metrics import roc_auc
 from offline_train.online_eval import churn_records, clean_log, evaluate_log
-from stream.generator import GeneratorConfig, write_log
 from stream.models.registry import load_models
 from stream.scoring.engine import DAY_MS, ScoringConfig
+from stream.tools.generator import GeneratorConfig, write_log
 
 HORIZON = 14 * DAY_MS
 

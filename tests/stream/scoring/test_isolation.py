@@ -11,7 +11,6 @@ worker's ``Serving`` counts one error per failed user in ``shopscore_scoring_err
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -23,9 +22,13 @@ from stream.events import CartChange, Click, Event, Order, OrderLine
 from stream.features import UserState, apply_event
 from stream.metrics import Metrics
 from stream.models.registry import load_models
+from stream.pipeline.failures import FailureLog
+from stream.pipeline.learners import PartitionLearners
+from stream.pipeline.records import BatchOutput
+from stream.pipeline.scoring import ScoringStep
+from stream.pipeline.stores import BatchView, Stores
 from stream.scoring.engine import DAY_MS, Scorer, ScoringConfig, ScoringFailed, UserInput
 from stream.scoring.state import Learners, UserScores
-from stream.serving import FailureLog, Serving
 from stream.settings import Settings
 
 T0 = 1_767_225_600_000
@@ -207,34 +210,20 @@ def test_one_inference_per_model_per_batch_and_per_user_only_when_the_batch_fail
     assert bad.scores.latest == {}
 
 
-# -- the worker's side: Serving writes, publishes and counts per user -------------------------
+# -- the pipeline's scoring step: writes, publishes and counts per user ------------------------
 
 
-class _Table(dict):
-    pass
+def _scoring() -> ScoringStep:
+    settings = Settings()
+    learners = PartitionLearners({}, settings.state_secret)
+    return ScoringStep(Scorer(load_models(settings.model_dir), settings.scoring_config()), learners)
 
 
-def _serving() -> tuple[Serving, list[tuple[str, str, bytes]], _Table]:
-    sent: list[tuple[str, str, bytes]] = []
-    scores = _Table()
-    serving = Serving(
-        Settings(),
-        Metrics(),
-        users=_Table(),
-        scores=scores,
-        learners=_Table(),
-        send=lambda topic, key, value: sent.append((topic, key, value)),
-        acting_as=lambda _partition: contextlib.nullcontext(),
-    )
-    return serving, sent, scores
-
-
-def _errors(serving: Serving) -> float:
-    return serving.metrics.registry.get_sample_value("shopscore_scoring_errors_total") or 0.0
-
-
-def test_serving_counts_failed_users_and_publishes_and_writes_everyone_else(caplog) -> None:
-    serving, sent, table = _serving()
+def test_the_scoring_step_counts_failed_users_and_publishes_and_writes_everyone_else(
+    caplog,
+) -> None:
+    step = _scoring()
+    view, out = BatchView(Stores.in_memory()), BatchOutput()
     good = _good(4)
     forged = UserScores(churn_pending=[_due_label(2)])
     broken = _user("broken")
@@ -242,12 +231,16 @@ def test_serving_counts_failed_users_and_publishes_and_writes_everyone_else(capl
     broken.state.view = None
     users = [good[0], _user("poisoned", forged), *good[1:3], broken, good[3]]
     with caplog.at_level(logging.ERROR, logger="shopscore"):
-        result = asyncio.run(serving.score(users, churn_only=False, arrived={"u0": 0.0}))
+        result = asyncio.run(step.score(users, view, out, churn_only=False, arrived={"u0": 0.0}))
     assert {f.user_id for f in result.failed} == {"poisoned", "broken"}
-    assert _errors(serving) == 2
-    assert {key for _t, key, _v in sent} == {u.user_id for u in good}
-    assert {(t, key) for t, key, _v in sent} >= {(t, u.user_id) for t in TOPICS for u in good}
-    assert set(table) == {u.user_id.encode() for u in good}  # nothing written for the failed
+    metrics = Metrics()
+    metrics.record(out.counts)
+    assert metrics.registry.get_sample_value("shopscore_scoring_errors_total") == 2
+    sent = [(record.topic, record.key.decode()) for record in out.records]
+    assert {key for _t, key in sent} == {u.user_id for u in good}
+    assert set(sent) >= {(t, u.user_id) for t in TOPICS for u in good}
+    written = {w.key for w in view.writes() if w.table == "scores"}
+    assert written == {u.user_id.encode() for u in good}  # nothing written for the failed
     [line] = [r for r in caplog.records if "scoring failed" in r.getMessage()]
     assert "2 of 6 users" in line.getMessage() and "'poisoned' at labels" in line.getMessage()
     assert line.exc_info is not None

@@ -7,8 +7,8 @@ record whose pickle ``__reduce__``d to ``os.system`` ran as the worker at the ne
 
 from __future__ import annotations
 
+import asyncio
 import collections
-import contextlib
 import functools
 import io
 import logging
@@ -31,15 +31,16 @@ from offline_train import online_eval
 from stream import chunked
 from stream.errors import CorruptState
 from stream.events import CartChange, Click, Order, OrderLine
-from stream.generator import GeneratorConfig, write_log
 from stream.metrics import Metrics
 from stream.models.registry import load_models
+from stream.pipeline import InputRecord, Pipeline, PipelineConfig
+from stream.pipeline.learners import PartitionLearners
+from stream.pipeline.stores import BatchView, Stores
 from stream.scoring import safe_pickle
 from stream.scoring.engine import DAY_MS, ScoringConfig
 from stream.scoring.offers import DEFAULT_ARMS
 from stream.scoring.state import Learners
-from stream.serving import Serving
-from stream.settings import Settings
+from stream.tools.generator import GeneratorConfig, write_log
 
 T0 = 1_767_225_600_000
 SECRET = "correct horse battery staple"
@@ -687,26 +688,19 @@ def test_mutated_checkpoints_are_usable_learners_or_corrupt_state(small: bytes, 
     Learners.from_bytes(learners.to_bytes())
 
 
-# -- the worker: Serving loads strictly, counts, logs and starts afresh -----------------------------
+# -- the pipeline: a partition's learners load strictly, count, log and start afresh -------------
 
 
-def _serving(table: dict[bytes, bytes], secret: str | None = None) -> Serving:
-    return Serving(
-        Settings(state_secret=secret),
-        Metrics(),
-        users={},
-        scores={},
-        learners=table,
-        send=lambda *_a: None,
-        acting_as=lambda _partition: contextlib.nullcontext(),
-    )
+def _learners(table: dict[bytes, bytes], secret: str | None = None) -> PartitionLearners:
+    return PartitionLearners(table, secret)
 
 
-def _rejected(serving: Serving) -> float:
-    value = serving.metrics.registry.get_sample_value(
-        "shopscore_state_records_rejected_total", {"table": "learners"}
-    )
-    return value or 0.0
+def _checkpoint(learners: PartitionLearners, partition: int, table: dict[bytes, bytes]) -> None:
+    """Checkpoint ``partition`` and write it into ``table`` as the worker writes a batch's."""
+    stores = Stores({}, {}, table, {})
+    view = BatchView(stores)
+    learners.checkpoint([partition], view, force=True)
+    stores.apply(view.writes())
 
 
 @pytest.mark.parametrize(
@@ -720,44 +714,58 @@ def _rejected(serving: Serving) -> float:
         {b"0": b""},  # an empty record is not "no checkpoint"
     ],
 )
-def test_serving_starts_a_partition_afresh_from_a_forged_checkpoint(records, caplog) -> None:
-    serving = _serving(dict(records))
+def test_a_partition_starts_afresh_from_a_forged_checkpoint(records, caplog) -> None:
+    partitions = _learners(dict(records))
     with caplog.at_level(logging.WARNING, logger="shopscore"):
-        learners = serving.learners_of(0)
-        assert serving.learners_of(0) is learners  # loaded (and refused) once
+        learners = partitions.of(0)
+        assert partitions.of(0) is learners  # loaded (and refused) once
     assert learners.to_bytes() == Learners(seed=0).to_bytes()
-    assert _rejected(serving) == 1
+    assert partitions.take_rejected() == 1 and partitions.take_rejected() == 0
     (line,) = [r.getMessage() for r in caplog.records if "learners checkpoint" in r.getMessage()]
     assert "partition 0" in line and "b'0'" in line
 
 
-def test_serving_signs_its_checkpoints_and_reads_them_back() -> None:
+def test_a_forged_checkpoint_is_counted_in_the_worker_metrics(tmp_path: Path) -> None:
+    stores = Stores({}, {}, {b"0": b"SSCHUNK1 1 -1"}, {})
+    pipeline = Pipeline(PipelineConfig(check_future=False), load_models(), stores)
+    click = b'{"event_id": "e1", "user_id": "u1", "ts": %d, "item_id": "i1"}' % T0
+    out = asyncio.run(pipeline.process([InputRecord("clicks", 0, 0, b"u1", click)]))
+    metrics = Metrics()
+    metrics.record(out.counts)
+    rejected = metrics.registry.get_sample_value(
+        "shopscore_state_records_rejected_total", {"table": "learners"}
+    )
+    assert rejected == 1
+
+
+def test_checkpoints_are_signed_and_read_back() -> None:
     table: dict[bytes, bytes] = {}
-    serving = _serving(table, SECRET)
-    serving.learners_of(2).tiers.update(5.0)
-    serving.checkpoint([2], force=True)
+    learners = _learners(table, SECRET)
+    learners.of(2).tiers.update(5.0)
+    _checkpoint(learners, 2, table)
     blob = chunked.join(table.get, b"2")
     assert blob is not None and blob.startswith(b"SSLEARN2S")
-    again = _serving(table, SECRET).learners_of(2)
+    again = _learners(table, SECRET).of(2)
     assert again.tiers.n == 1
     # The same records, read by a worker with another secret: refused, counted, fresh.
-    other = _serving(table, "another secret")
-    assert other.learners_of(2).tiers.n == 0 and _rejected(other) == 1
+    other = _learners(table, "another secret")
+    assert other.of(2).tiers.n == 0 and other.take_rejected() == 1
     # And by a worker without a secret: a signed checkpoint is read (restricted).
-    assert _serving(table).learners_of(2).tiers.n == 1
+    assert _learners(table).of(2).tiers.n == 1
 
 
-def test_serving_checkpoints_over_a_forged_header() -> None:
+def test_a_checkpoint_is_written_over_a_forged_header() -> None:
     table = {b"1": b"SSCHUNK1 not a header"}
-    serving = _serving(table)
-    serving.learners_of(1).tiers.update(5.0)
-    serving.checkpoint([1], force=True)  # does not raise
+    learners = _learners(table)
+    learners.of(1).tiers.update(5.0)
+    _checkpoint(learners, 1, table)  # does not raise
     assert chunked.header(table[b"1"]) == (1, 1)
-    assert _serving(table).learners_of(1).tiers.n == 1
+    assert _learners(table).of(1).tiers.n == 1
     table[b"1"] = b"SSCHUNK1 %d 1" % chunked.MAX_GENERATION  # the last generation: wraps
     table[chunked.chunk_key(b"1", chunked.MAX_GENERATION, 0)] = table[b"1#1#0"]
-    serving.checkpoint([1], force=True)
+    _checkpoint(learners, 1, table)
     assert chunked.header(table[b"1"]) == (1, 1)
+    assert chunked.chunk_key(b"1", chunked.MAX_GENERATION, 0) not in table  # old chunk deleted
 
 
 def test_unpickling_reads_from_memory_only() -> None:

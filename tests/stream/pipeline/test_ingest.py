@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 
 from stream.features import FeatureConfig, UserState, decode_state, describe, encode_state
-from stream.ingest import RawMessage, ingest_batch
+from stream.pipeline.ingest import RawMessage, ingest_batch
 from stream.settings import Limits
 
 NOW = 1_767_225_600_000

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream.ordering import EventTimeAligner
+from stream.pipeline.ordering import EventTimeAligner
 
 TOPICS = ("clicks", "carts", "orders")
 

@@ -87,6 +87,7 @@ def clean_message(
     now_ms: int,
     limits: Limits,
     owns: Callable[[str, int], bool],
+    check_future: bool = True,
 ) -> Event | None:
     """Count ``msg`` and validate it: the clean event, or None when it was dead-lettered or is
     to be re-published to the partition that owns its user (``misrouted``).
@@ -96,12 +97,20 @@ def clean_message(
     its user_id but placed by another partitioner than the worker's (librdkafka's CRC32) would
     otherwise split the user's state across partitions, and so across workers.
 
+    ``check_future`` False skips the future-timestamp rule (an old log replayed offline has no
+    meaningful "now"); ``now_ms`` still stamps the dead letters.
+
     Nothing escapes: an unexpected error while decoding or checking is dead-lettered as
     ``processing_error`` (and logged), so every consumed message is accounted for.
     """
     result.consumed[msg.topic] += 1
     try:
-        event = decode_event(KIND_OF_TOPIC[msg.topic], msg.value, now_ms=now_ms, limits=limits)
+        event = decode_event(
+            KIND_OF_TOPIC[msg.topic],
+            msg.value,
+            now_ms=now_ms if check_future else None,
+            limits=limits,
+        )
         in_place = owns(event.user_id, msg.partition)
     except Rejected as rejected:
         dead_letter(result, msg, rejected.reason, rejected.detail, now_ms)

@@ -12,7 +12,7 @@ import numpy as np
 import orjson
 import pytest
 
-from stream.generator import (
+from stream.tools.generator import (
     CATEGORIES,
     DEFAULT_START,
     DEFAULT_START_MS,
@@ -162,10 +162,10 @@ def test_write_log_merges_blocks_like_generate_events(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Large logs are sorted in runs and merged; the bytes must not depend on the block size."""
-    import stream.generator as generator
+    import stream.tools.generator.log as generator_log
 
     cfg = GeneratorConfig(users=90, days=7, seed=3, duplicate_fraction=0.05, bad_fraction=0.02)
-    monkeypatch.setattr(generator, "_BLOCK_USERS", 25)
+    monkeypatch.setattr(generator_log, "_BLOCK_USERS", 25)
     calls: list[tuple[int, int]] = []
     summary = write_log(cfg, tmp_path / "log.jsonl", progress=lambda d, t: calls.append((d, t)))
     events, _ = generate_events(cfg)

@@ -11,13 +11,18 @@ import sys
 
 import pytest
 
+from stream.tools.bench import PHASES
+
 pytestmark = pytest.mark.broker
 
 KEYS = {
     "throughput_eps",
     "bare_throughput_eps",
     "ratio_to_bare",
+    "consume_only_eps",
+    "ratio_to_consume_only",
     "latency_ms",
+    "latency_below_saturation_ms",
     "rss_mb_per_100k_users",
     "state_bytes_per_user",
     "recovery_s_per_100k_users",
@@ -38,10 +43,13 @@ def test_quick_bench_reports_every_figure(settings) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     assert set(report) >= KEYS
-    assert set(report["latency_ms"]) >= {"p50", "p95", "p99", "max", "rate_eps"}
+    for figures in ("latency_ms", "latency_below_saturation_ms"):
+        assert set(report[figures]) >= {"p50", "p95", "p99", "max", "rate_eps"}
     assert report["versions"].keys() >= {"python", "faust-streaming", "aiokafka", "onnxruntime"}
     assert report["broker"]["kind"] == "configured"
     full = report["throughput"]["full"]
     assert full["applied"] + full["rejected"] == full["events"]  # all consumed and counted
     assert report["state"]["table_users"] == report["measured_users"]
-    assert all(f"[{i}/5]" in result.stderr for i in range(1, 6))  # a progress line per phase
+    assert report["throughput"]["consume_only"]["consumed"] >= full["events"]
+    # a progress line per phase
+    assert all(f"[{i}/{PHASES}]" in result.stderr for i in range(1, PHASES + 1))

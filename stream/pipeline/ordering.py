@@ -119,9 +119,7 @@ class EventTimeAligner(Generic[T]):
                 self._last_push.pop((topic, partition), None)
         return out
 
-    def _watermark(
-        self, partition: int, caught_up: CaughtUp, now: float
-    ) -> tuple[float, float]:
+    def _watermark(self, partition: int, caught_up: CaughtUp, now: float) -> tuple[float, float]:
         """The lowest event time reached by a topic that still has data to deliver, and the
         fetch time (ms) up to which the caught-up topics vouch that nothing is missing."""
         watermark = float("inf")

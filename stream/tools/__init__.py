@@ -1,0 +1,1 @@
+"""Command-line tools: CLI, embedded run, replay/publish, dump, bench, generator."""
