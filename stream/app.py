@@ -1,37 +1,36 @@
-"""The Faust app factory: topics, the users table, the ingest agent and the HTTP views.
+"""The Faust app factory: topics, tables and the ingest agent.
+
+The agent is thin: it takes a micro-batch, lets ``stream.kafka.consumer.InputFeed`` turn it
+into records (offset continuity checked), hands them to the pure ``stream.pipeline``, writes
+the tables, sends the records and acks what the pipeline has finished with. Timers and
+rebalance hooks are in ``stream.timers``, the HTTP views in ``stream.web``.
 
 Nothing here is module-level state: ``create_app(settings)`` builds a fresh app, so a worker
-process, a test, or a benchmark each get their own. Agents are thin loops around
-``stream.pipeline.ingest``; the logic they run is pure and tested without a broker.
+process, a test, or a benchmark each get their own.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-import weakref
-from collections import defaultdict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import faust
 from faust.sensors.prometheus import setup_prometheus_sensors
-from faust.streams import _current_event
-from faust.types import TP, EventT
+from faust.types import EventT
 
 from stream.broker_watch import install as install_broker_watch
 from stream.contract.topics import CLOCK, DLQ, OUTPUT_TOPICS
 from stream.errors import ConfigError
 from stream.events import INPUT_TOPICS
+from stream.kafka.compat import install as install_kafka_compat
+from stream.kafka.consumer import InputFeed
 from stream.kafka.options import faust_app_options
-from stream.kafka_compat import first_offsets
-from stream.kafka_compat import install as install_kafka_compat
 from stream.metrics import Metrics
 from stream.model_swap import ModelWatcher, publish_model_info
 from stream.models.registry import load_models
-from stream.offsets import OffsetContinuity, Verdict
 from stream.pipeline import BatchOutput, InputRecord, Pipeline, PipelineConfig, Stores
 from stream.scoring.state import UserScores
 from stream.settings import Settings
@@ -51,21 +50,6 @@ from stream.web import register_views
 __all__ = ["ShopscoreApp", "create_app"]
 
 log = logging.getLogger("shopscore")
-
-
-@contextlib.contextmanager
-def _acting_as(event: EventT) -> Iterator[None]:
-    """Make ``event`` Faust's current event while writing a table key.
-
-    Faust picks the changelog partition (and the RocksDB partition store) from the current
-    event. In a micro-batch the current event is the batch's last, which may be of another
-    partition, so each user's write is attributed to that user's own last message.
-    """
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
 
 
 class ShopscoreApp:
@@ -102,7 +86,6 @@ class ShopscoreApp:
         self.inputs = self.app.topic(
             *(settings.topic(t) for t in INPUT_TOPICS), settings.topic(CLOCK)
         )
-        self._clock_name = settings.topic(CLOCK)
         self.input_topics = {
             settings.topic(t): self.app.topic(settings.topic(t)) for t in INPUT_TOPICS
         }
@@ -149,8 +132,6 @@ class ShopscoreApp:
             "learners": self.learners,
             "clock": self.clock,
         }
-        #: The latest consumed event of each partition: table writes are attributed to it.
-        self._partition_event: dict[int, EventT] = {}
         self.models = ModelWatcher(settings.model_dir)
         self.pipeline = Pipeline(
             PipelineConfig.from_settings(settings),
@@ -162,12 +143,11 @@ class ShopscoreApp:
         #: One batch at a time: the ingest agent, the release timer and a model swap take it.
         self.lock = asyncio.Lock()
         self.first_event_monotonic: float | None = None
-        self._ack_queues: defaultdict[TP, deque[EventT]] = defaultdict(deque)
-        self.continuity = OffsetContinuity()
-        self._delivered_at: dict[TP, float] = {}
-        self._log_start: dict[TP, int] = {}
-        self._buffered_since: dict[TP, float] = {}
-        self._stream: faust.StreamT | None = None
+        self.feed = InputFeed(
+            self.app,
+            settings.topic,
+            on_rewind=lambda topic: self.metrics.child(self.metrics.rewinds, topic).inc(),
+        )
         self._register_agents()
         self._register_views()
         register_timers(self)
@@ -209,47 +189,6 @@ class ShopscoreApp:
 
     # -- agents -----------------------------------------------------------------------------
 
-    def _fetch_state(self, tp: TP) -> Any:
-        """aiokafka's fetch state of ``tp`` (position, high watermark, last fetch time)."""
-        try:
-            consumer = self.app.consumer._thread._ensure_consumer()  # type: ignore[attr-defined]
-            return consumer._subscription.subscription.assignment.state_value(tp)
-        except Exception:  # not assigned / consumer restarting
-            return None
-
-    def _fetched_ms(self, tp: TP) -> float:
-        """When the latest fetch of ``tp`` returned: no later than this, its records arrived."""
-        state = self._fetch_state(tp)
-        stamp = getattr(state, "timestamp", None)
-        return float(stamp) if stamp is not None else float("-inf")
-
-    def _caught_up(self, topic: str, partition: int) -> bool | float | None:
-        """Whether this worker has read everything in ``topic``'s ``partition`` as of its last
-        fetch; when it has, the time of that fetch (see ``stream.pipeline.ordering``)."""
-        tp = TP(self.settings.topic(topic), partition)
-        state = self._fetch_state(tp)
-        if state is None:
-            return None
-        highwater = state.highwater
-        if highwater is None or highwater < 0:
-            return None
-        expected = self.continuity.expected(tp)  # the next offset the agent is to receive
-        if expected is not None:
-            caught_up = expected >= highwater
-        elif (committed := self.app.consumer._committed_offset.get(tp)) is not None:  # type: ignore[attr-defined]
-            # Nothing delivered since the assignment: the agent starts at the committed offset.
-            # (Not the fetch position: fetched records may wait in Faust's queues for seconds
-            # behind a backlog of other topics, and calling their topic caught up then released
-            # those topics' events ahead of them, which then arrived late.)
-            caught_up = committed >= highwater
-        elif (start := self._log_start.get(tp)) is not None:
-            caught_up = start >= highwater  # no commit yet: reading starts at the log's start
-        else:
-            return None  # where reading starts is not known: the aligner waits a while
-        if not caught_up:
-            return False
-        return float(state.timestamp) if state.timestamp is not None else True
-
     @staticmethod
     async def _infer(fn: Callable[[Any], Any], arg: Any) -> Any:
         """Inference off the event loop (onnxruntime releases the GIL): heartbeats, fetches and
@@ -263,27 +202,14 @@ class ShopscoreApp:
     async def _run(self, records: list[InputRecord]) -> None:
         """Hand ``records`` to the pipeline, then apply what it returns: table writes first,
         then the records, then the acks of what it says is handled. Faust commits an acked
-        offset only after the producer has flushed (``stream.kafka_compat``), so states and
+        offset only after the producer has flushed (``stream.kafka.compat``), so states and
         outputs are durable before their input is committed."""
         async with self.lock:
-            out = await self.pipeline.process(records, self._caught_up)
-            self._write(out)
+            out = await self.pipeline.process(records, self.feed.caught_up)
+            self.feed.write(self._tables, out.writes)
             self._send(out)
             self.metrics.record(out.counts)
-            await self._ack(out.commit)
-
-    def _write(self, out: BatchOutput) -> None:
-        by_partition: dict[int, list[Any]] = {}
-        for write in out.writes:
-            by_partition.setdefault(write.partition, []).append(write)
-        for partition, writes in by_partition.items():
-            with _acting_as(self._partition_event[partition]):
-                for write in writes:
-                    table = self._tables[write.table]
-                    if write.value is None:
-                        table.pop(write.key, None)
-                    else:
-                        table[write.key] = write.value
+            await self.feed.ack(out.commit)
 
     def _send(self, out: BatchOutput) -> None:
         topics = self._topics
@@ -291,92 +217,6 @@ class ShopscoreApp:
             topics[record.topic].send_soon(
                 key=record.key, value=record.value, partition=record.partition
             )
-
-    async def _ack(self, commit: dict[tuple[str, int], int]) -> None:
-        """Ack each partition's messages below the offset the pipeline says is safe.
-
-        Faust commits the highest contiguous acked offset, but it does not see a gap at the
-        head of a partition's acked offsets (none is checked before the first commit, and a
-        single missing offset is missed later), so acking a held message's successors first
-        could commit past it. Acking in order, up to the safe offset, keeps every held
-        message uncommitted.
-        """
-        if self._stream is None:
-            return
-        ack = self._stream.ack
-        for (topic, partition), offset in commit.items():
-            queue = self._ack_queues.get(TP(self.settings.topic(topic), partition))
-            while queue and queue[0].message.offset < offset:
-                await ack(queue.popleft())
-
-    def _take(self, message: Any, rewind: dict[TP, int], now: float) -> bool:
-        """Whether ``message`` continues its partition's offsets (``stream.offsets``); a gap
-        puts the partition's first missing offset into ``rewind``."""
-        tp = message.tp
-        committed = self.app.consumer._committed_offset.get(tp)  # type: ignore[attr-defined]
-        verdict = self.continuity.check(tp, message.offset, committed, now=now)
-        if verdict is Verdict.REWIND:
-            expected = self.continuity.expected(tp)
-            if expected is not None:
-                rewind[tp] = expected
-        if verdict is Verdict.TAKE:
-            self._delivered_at[tp] = now
-        return verdict is Verdict.TAKE
-
-    def _lost_tails(self, now: float, quiet_s: float) -> dict[TP, int]:
-        """Once the agent has received nothing at all for ``quiet_s``, the partitions whose
-        fetch position is past what it got: a message lost at a partition's end leaves no
-        later offset to reveal the gap (and would hold back event-time alignment for good).
-        While anything still arrives, fetched messages may just be queued inside Faust behind
-        a backlog (seen: partitions silent for 10 s in a 2-million-event replay)."""
-        rewind: dict[TP, int] = {}
-        if not self._delivered_at or now - max(self._delivered_at.values()) < quiet_s:
-            return rewind
-        for tp in self._delivered_at:
-            expected = self.continuity.expected(tp)
-            if expected is None:
-                continue
-            state = self._fetch_state(tp)
-            if state is None or not state.has_valid_position:
-                continue
-            if state.position > expected:
-                rewind[tp] = expected
-        return rewind
-
-    async def _rewind(self, rewind: dict[TP, int]) -> None:
-        """Seek partitions back to offsets that were skipped before reaching the agent, after
-        asking the broker which of them exist (a real gap is accepted, not re-read forever)."""
-        consumer = self.app.consumer._thread._ensure_consumer()  # type: ignore[attr-defined]
-        try:
-            first = await first_offsets(consumer, rewind)
-        except Exception as exc:  # broker unreachable: seek anyway, the probe is retried later
-            log.warning("offset probe failed (%s); reading again from the expected offsets", exc)
-            first = {}
-        now = time.monotonic()
-        for tp, offset in list(rewind.items()):
-            found = first.get(tp)
-            if found is None:
-                # No record at or after it came back (the broker is slow, or the partition ends
-                # in offsets that hold none): read again from it, no gap is assumed.
-                log.info("%s: reading again from offset %d", tp, offset)
-            elif found > offset:
-                log.warning(
-                    "%s: offsets %d..%d are not on the broker (compaction or transaction "
-                    "markers); going on from %d",
-                    tp,
-                    offset,
-                    found - 1,
-                    found,
-                )
-                self.continuity.accept(tp, found)
-                rewind[tp] = found
-            else:
-                log.warning(
-                    "%s: offset %d never reached the agent; reading again from it", tp, offset
-                )
-                self.metrics.rewinds.labels(self._contract_name.get(tp.topic, CLOCK)).inc()
-            self._delivered_at[tp] = now
-        await self.app.consumer.seek_wait(rewind)
 
     async def _process_batch(self, events: list[EventT]) -> None:
         """One micro-batch: check offsets, then run the pipeline over what continues them."""
@@ -387,33 +227,9 @@ class ShopscoreApp:
                 "first event processed %.2fs after start",
                 self.first_event_monotonic - self.started_monotonic,
             )
-        wall = time.monotonic()
-        contract = self._contract_name
-        records: list[InputRecord] = []
-        rewind: dict[TP, int] = {}
-        for event in events:
-            message = event.message
-            # Every message is acked by us, in offset order (``_ack``); this reference
-            # outlives take_events' own ack of the batch. A message that is not taken
-            # (``stream.offsets``) keeps it for good: it is never acked, its in-order twin is.
-            message.incref()
-            if not self._take(message, rewind, wall):
-                continue
-            self._ack_queues[message.tp].append(event)
-            self._partition_event[message.partition] = event
-            records.append(
-                InputRecord(
-                    contract.get(message.topic, CLOCK),
-                    message.partition,
-                    message.offset,
-                    message.key,
-                    message.value,
-                    message.timestamp,
-                    self._fetched_ms(message.tp),
-                )
-            )
+        records, rewind = self.feed.take(events, time.monotonic())
         if rewind:
-            await self._rewind(rewind)
+            await self.feed.rewind(rewind)
         await self._run(records)
         self.metrics.batch_size.observe(len(events))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
@@ -435,7 +251,7 @@ class ShopscoreApp:
         settings = self.settings
 
         async def ingest(stream: faust.StreamT) -> None:
-            self._stream = stream
+            self.feed.stream = stream
             async for events in stream.take_events(settings.batch_size, settings.batch_within_s):
                 try:
                     await self._process_batch(events)

@@ -124,7 +124,7 @@ class Metrics:
         self.rewinds = Counter(
             "shopscore_input_rewinds_total",
             "Seeks back to an input offset that was skipped before reaching the agent "
-            "(stream.offsets); each is followed by a re-read, nothing is lost.",
+            "(stream.kafka.offsets); each is followed by a re-read, nothing is lost.",
             ["topic"],
             registry=r,
         )

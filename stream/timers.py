@@ -8,27 +8,19 @@ directory. Hooks: note where newly assigned partitions start, forget revoked one
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 from faust.types import TP
 
+from stream.kafka.consumer import LOST_TAIL_QUIET_S, STUCK_PARTITION_S
 from stream.model_swap import swap_models
 
 if TYPE_CHECKING:
     from stream.app import ShopscoreApp
 
-__all__ = ["LOST_TAIL_QUIET_S", "STUCK_PARTITION_S", "register_timers"]
+__all__ = ["register_timers"]
 
 log = logging.getLogger("shopscore")
-
-#: How long the agent may receive nothing before the partitions whose fetch position is past
-#: its offsets are read again from the first missing one (``ShopscoreApp._lost_tails``).
-LOST_TAIL_QUIET_S = 10.0
-
-#: How long Faust may leave a partition unfetched because its stream buffer was full before
-#: it is fetched again (``resume_stuck_partitions``): a drained buffer resumes it in far less.
-STUCK_PARTITION_S = 5.0
 
 
 def register_timers(worker: ShopscoreApp) -> None:
@@ -37,7 +29,7 @@ def register_timers(worker: ShopscoreApp) -> None:
 
     async def release_held() -> None:
         # Events held for alignment are released even when no new batch arrives.
-        if worker.pipeline.held and worker._stream is not None:
+        if worker.pipeline.held and worker.feed.stream is not None:
             try:
                 await worker._run([])
             except Exception as exc:
@@ -48,24 +40,14 @@ def register_timers(worker: ShopscoreApp) -> None:
 
     @worker.app.on_partitions_assigned.connect
     async def note_log_starts(app: Any, assigned: set[TP], **kwargs: Any) -> None:
-        # Where a partition with no committed offset starts (``_caught_up``).
-        inputs = [tp for tp in assigned if tp.topic in worker._contract_name]
-        if not inputs:
-            return
-        try:
-            worker._log_start.update(await worker.app.consumer.earliest_offsets(*inputs))
-        except Exception as exc:  # unknown starts only make the aligner wait a while
-            log.warning("could not read the input partitions' first offsets: %s", exc)
+        await worker.feed.note_log_starts(assigned)
 
     @worker.app.on_partitions_revoked.connect
     async def forget_revoked(app: Any, revoked: set[TP], **kwargs: Any) -> None:
         # Held events of revoked partitions are not applied here: they are uncommitted,
         # so their new owner reads them again.
         dropped = worker.pipeline.forget({tp.partition for tp in revoked})
-        worker.continuity.forget(revoked)
-        for tp in revoked:
-            worker._delivered_at.pop(tp, None)
-            worker._ack_queues.pop(tp, None)
+        worker.feed.forget(revoked)
         if dropped:
             log.info("revoked partitions: %d held events left to their new owner", dropped)
 
@@ -93,32 +75,12 @@ def register_timers(worker: ShopscoreApp) -> None:
     worker.app.timer(1.0, name="shopscore.refresh_gauges")(refresh_gauges)
 
     async def reread_lost_tails() -> None:
-        rewind = worker._lost_tails(time.monotonic(), LOST_TAIL_QUIET_S)
-        if rewind:
-            await worker._rewind(rewind)
+        await worker.feed.reread_lost_tails(LOST_TAIL_QUIET_S)
 
     worker.app.timer(1.0, name="shopscore.reread_lost_tails")(reread_lost_tails)
 
     async def resume_stuck_partitions() -> None:
-        # Faust stops fetching a partition whose messages fill the stream buffer and
-        # fetches it again when its queue signals the pressure dropped; that signal can be
-        # lost (faust-streaming issues 175 and 640), and the partition is then never
-        # fetched again: seen as two partitions silent for 5 minutes in a long replay, with
-        # every other partition held back behind them for event-time alignment.
-        consumer = worker.app.consumer
-        buffered = set(getattr(consumer, "_buffered_partitions", ()))
-        now = time.monotonic()
-        for tp in list(worker._buffered_since):
-            if tp not in buffered:
-                del worker._buffered_since[tp]
-        for tp in buffered:
-            since = worker._buffered_since.setdefault(tp, now)
-            if now - since >= STUCK_PARTITION_S:
-                log.info(
-                    "%s: fetching again after %.0f s paused for a full buffer", tp, now - since
-                )
-                consumer.on_buffer_drop(tp)
-                del worker._buffered_since[tp]
+        worker.feed.resume_stuck_partitions(STUCK_PARTITION_S)
 
     worker.app.timer(1.0, name="shopscore.resume_stuck_partitions")(resume_stuck_partitions)
 

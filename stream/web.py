@@ -29,16 +29,14 @@ import aiohttp
 from aiohttp import web as aiohttp_web
 
 from stream.features import UserState, describe
+from stream.kafka.faust_web import drop_faust_views
 
 if TYPE_CHECKING:
     from stream.app import ShopscoreApp
 
-__all__ = ["FAUST_VIEWS_PREFIX", "is_loopback", "register_views"]
+__all__ = ["is_loopback", "register_views"]
 
 log = logging.getLogger("shopscore.web")
-
-#: Faust's own blueprints (index, tables, router, stats, graph, performance) live here.
-FAUST_VIEWS_PREFIX = "faust.web.apps."
 
 #: Paths that need the bearer token when one is configured.
 PROTECTED_PREFIX = "/users"
@@ -56,7 +54,7 @@ def register_views(worker: ShopscoreApp) -> None:
     app = worker.app
     users = worker.users
     settings = worker.settings
-    _drop_faust_views(app.web)
+    drop_faust_views(app.web)
     app.web.web_app.middlewares.append(_guard(settings.http_token))
     _warn_if_exposed(app, settings.web_host, settings.web_port, bool(settings.http_token))
 
@@ -75,18 +73,6 @@ def register_views(worker: ShopscoreApp) -> None:
         body = describe(state, worker.clock_ms(), worker.features)
         scores = worker.user_scores(user_id).latest
         return web.json({"user_id": user_id, **body, "scores": scores})
-
-
-def _drop_faust_views(web: Any) -> None:
-    """Remove Faust's built-in blueprints before they are mounted (at server start)."""
-    manager = web.blueprints
-    if manager.applied:
-        raise RuntimeError("register_views must run before the web server starts")
-    manager._enabled = [
-        (prefix, blueprint)
-        for prefix, blueprint in manager._enabled
-        if not (isinstance(blueprint, str) and blueprint.startswith(FAUST_VIEWS_PREFIX))
-    ]
 
 
 def is_loopback(host: str) -> bool:

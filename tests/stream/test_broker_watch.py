@@ -83,7 +83,7 @@ def test_shopscore_lines_are_held_back_only_when_exactly_repeated() -> None:
     assert limit.filter(_record(line, "clicks-0", 5, name="shopscore", level=logging.INFO))
     assert limit.filter(_record(line, "clicks-1", 5, name="shopscore", level=logging.INFO))
     assert not limit.filter(_record(line, "clicks-1", 5, name="shopscore", level=logging.INFO))
-    assert limit.filter(_record(line, "x", 1, name="stream.kafka_compat", level=logging.INFO))
+    assert limit.filter(_record(line, "x", 1, name="stream.kafka.compat", level=logging.INFO))
 
 
 def test_debug_records_always_pass_and_a_record_is_decided_once() -> None:

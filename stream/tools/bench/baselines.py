@@ -48,8 +48,8 @@ def _faust_app(settings: Settings) -> Any:
     """A Faust app with the worker's options (no tables: the memory store) and its fixes."""
     import faust
 
+    from stream.kafka.compat import install as install_kafka_compat
     from stream.kafka.options import faust_app_options
-    from stream.kafka_compat import install as install_kafka_compat
 
     install_kafka_compat()
     return faust.App(settings.app_id, **faust_app_options(settings, store="memory://"))

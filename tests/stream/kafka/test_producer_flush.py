@@ -2,7 +2,7 @@
 
 Faust's own buffer flush returns after 0.1 s without a message sent, so on a slow broker it
 returned with table writes still buffered and the commit that followed could outrun them: a
-``kill -9`` then lost those writes (``stream.kafka_compat``, "Flush before commit").
+``kill -9`` then lost those writes (``stream.kafka.compat``, "Flush before commit").
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import faust
 import pytest
 
 from stream.dump import dump_topic
-from stream.kafka_compat import install
+from stream.kafka.compat import install
 from stream.settings import Settings
 
 pytestmark = pytest.mark.broker

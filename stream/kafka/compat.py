@@ -69,7 +69,7 @@ async def first_offsets(
 ) -> dict[TopicPartition, int]:
     """For each partition, the first offset the broker holds at or after the wanted one (its
     end offset when there is none). Tells a real gap in a partition's offsets (compaction,
-    transaction markers) from a message lost on its way to the agent (``stream.offsets``):
+    transaction markers) from a message lost on its way to the agent (``stream.kafka.offsets``):
     only a record the broker returns proves offsets before it absent. Partitions the probe
     could not read in ``timeout`` (or that end in offsets without records) are left out."""
     servers, security = _connection(consumer)

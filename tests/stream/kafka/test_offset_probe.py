@@ -11,7 +11,7 @@ import asyncio
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from stream.kafka_compat import first_offsets
+from stream.kafka.compat import first_offsets
 from stream.settings import Settings
 
 pytestmark = pytest.mark.broker

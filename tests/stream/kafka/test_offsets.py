@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream.offsets import OffsetContinuity, Verdict
+from stream.kafka.offsets import OffsetContinuity, Verdict
 
 
 def test_contiguous_offsets_are_taken() -> None:

@@ -1,0 +1,301 @@
+"""The worker's input partitions as Faust's consumer delivers them, with its gaps closed.
+
+Everything the worker needs of the consumer that Faust does not offer publicly is here, so a
+Faust or aiokafka upgrade means reading this module (and ``compat``), not the worker:
+
+- offset continuity: a message Faust let vanish is noticed at the next offset, and the
+  partition is sought back to it (``stream.kafka.offsets``); a message lost at a partition's
+  end is noticed once nothing arrives at all (``reread_lost_tails``);
+- whether a partition is caught up, for event-time alignment (aiokafka's fetch state, the
+  committed offset, the log start);
+- stuck partitions: Faust's lost buffer-drop signal (``resume_stuck_partitions``);
+- acks in offset order up to what the pipeline has finished with (``ack``), so Faust never
+  commits past a held message;
+- the current event a table write is attributed to (``acting_as``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import weakref
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from faust.streams import _current_event
+from faust.types import TP, EventT
+
+from stream.contract.topics import CLOCK, INPUT_TOPICS
+from stream.kafka.compat import first_offsets
+from stream.kafka.offsets import OffsetContinuity, Verdict
+from stream.pipeline.records import InputRecord, TableWrite
+
+__all__ = ["LOST_TAIL_QUIET_S", "STUCK_PARTITION_S", "InputFeed", "acting_as"]
+
+log = logging.getLogger("shopscore")
+
+#: How long the agent may receive nothing before the partitions whose fetch position is past
+#: its offsets are read again from the first missing one (``InputFeed.lost_tails``).
+LOST_TAIL_QUIET_S = 10.0
+
+#: How long Faust may leave a partition unfetched because its stream buffer was full before
+#: it is fetched again (``resume_stuck_partitions``): a drained buffer resumes it in far less.
+STUCK_PARTITION_S = 5.0
+
+
+@contextlib.contextmanager
+def acting_as(event: EventT) -> Iterator[None]:
+    """Make ``event`` Faust's current event while writing a table key.
+
+    Faust picks the changelog partition (and the RocksDB partition store) from the current
+    event. In a micro-batch the current event is the batch's last, which may be of another
+    partition, so each key's write is attributed to a message of the key's own partition.
+    """
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+class InputFeed:
+    """Turns the agent's batches into pipeline records, and the pipeline's safe offsets into
+    acks; knows per input partition what was delivered, and where reading starts."""
+
+    def __init__(
+        self, app: Any, topic: Callable[[str], str], on_rewind: Callable[[str], None]
+    ) -> None:
+        self.app = app
+        #: Prefixed topic name -> contract name, for the inputs and the clock.
+        self._contract = {topic(name): name for name in (*INPUT_TOPICS, CLOCK)}
+        self._topic = topic
+        self._on_rewind = on_rewind
+        self.continuity = OffsetContinuity()
+        self.stream: Any = None
+        self._ack_queues: defaultdict[TP, deque[EventT]] = defaultdict(deque)
+        #: The latest taken event of each partition: table writes are attributed to it.
+        self._partition_event: dict[int, EventT] = {}
+        self._delivered_at: dict[TP, float] = {}
+        self._log_start: dict[TP, int] = {}
+        self._buffered_since: dict[TP, float] = {}
+
+    # -- in: a batch of events ----------------------------------------------------------------
+
+    def take(self, events: Sequence[EventT], now: float) -> tuple[list[InputRecord], dict[TP, int]]:
+        """The records of ``events`` that continue their partitions' offsets, and the
+        partitions to seek back to the first offset they skipped (``rewind``)."""
+        records: list[InputRecord] = []
+        rewind: dict[TP, int] = {}
+        contract = self._contract
+        committed_offsets = self.app.consumer._committed_offset
+        for event in events:
+            message = event.message
+            # Every message is acked here, in offset order (``ack``); this reference outlives
+            # take_events' own ack of the batch. A message that is not taken keeps it for good:
+            # it is never acked, its in-order twin is.
+            message.incref()
+            tp = message.tp
+            verdict = self.continuity.check(tp, message.offset, committed_offsets.get(tp), now=now)
+            if verdict is not Verdict.TAKE:
+                if verdict is Verdict.REWIND:
+                    expected = self.continuity.expected(tp)
+                    if expected is not None:
+                        rewind[tp] = expected
+                continue
+            self._delivered_at[tp] = now
+            self._ack_queues[tp].append(event)
+            self._partition_event[message.partition] = event
+            records.append(
+                InputRecord(
+                    contract[message.topic],
+                    message.partition,
+                    message.offset,
+                    message.key,
+                    message.value,
+                    message.timestamp,
+                    self._fetched_ms(tp),
+                )
+            )
+        return records, rewind
+
+    # -- out: acks and table writes -------------------------------------------------------------
+
+    async def ack(self, commit: Mapping[tuple[str, int], int]) -> None:
+        """Ack each partition's messages below the offset the pipeline says is safe.
+
+        Faust commits the highest contiguous acked offset, but it does not see a gap at the
+        head of a partition's acked offsets (none is checked before the first commit, and a
+        single missing offset is missed later), so acking a held message's successors first
+        could commit past it. Acking in order, up to the safe offset, keeps every held
+        message uncommitted. Faust commits an acked offset only after the producer has
+        flushed (``stream.kafka.compat``): the batch's writes and records come first.
+        """
+        if self.stream is None:
+            return
+        ack = self.stream.ack
+        for (topic, partition), offset in commit.items():
+            queue = self._ack_queues.get(TP(self._topic(topic), partition))
+            while queue and queue[0].message.offset < offset:
+                await ack(queue.popleft())
+
+    def write(self, tables: Mapping[str, Any], writes: Sequence[TableWrite]) -> None:
+        """Apply a batch's table writes, each attributed to its partition (``acting_as``)."""
+        by_partition: dict[int, list[TableWrite]] = {}
+        for write in writes:
+            by_partition.setdefault(write.partition, []).append(write)
+        for partition, group in by_partition.items():
+            with acting_as(self._partition_event[partition]):
+                for write in group:
+                    table = tables[write.table]
+                    if write.value is None:
+                        table.pop(write.key, None)
+                    else:
+                        table[write.key] = write.value
+
+    # -- where each partition stands --------------------------------------------------------
+
+    def _fetch_state(self, tp: TP) -> Any:
+        """aiokafka's fetch state of ``tp`` (position, high watermark, last fetch time)."""
+        try:
+            consumer = self.app.consumer._thread._ensure_consumer()
+            return consumer._subscription.subscription.assignment.state_value(tp)
+        except Exception:  # not assigned / consumer restarting
+            return None
+
+    def _fetched_ms(self, tp: TP) -> float:
+        """When the latest fetch of ``tp`` returned: no later than this, its records arrived."""
+        state = self._fetch_state(tp)
+        stamp = getattr(state, "timestamp", None)
+        return float(stamp) if stamp is not None else float("-inf")
+
+    def caught_up(self, topic: str, partition: int) -> bool | float | None:
+        """Whether this worker has read everything in ``topic``'s ``partition`` as of its last
+        fetch; when it has, the time of that fetch (see ``stream.pipeline.ordering``)."""
+        tp = TP(self._topic(topic), partition)
+        state = self._fetch_state(tp)
+        if state is None:
+            return None
+        highwater = state.highwater
+        if highwater is None or highwater < 0:
+            return None
+        expected = self.continuity.expected(tp)  # the next offset the agent is to receive
+        if expected is not None:
+            caught_up = expected >= highwater
+        elif (committed := self.app.consumer._committed_offset.get(tp)) is not None:
+            # Nothing delivered since the assignment: the agent starts at the committed offset.
+            # (Not the fetch position: fetched records may wait in Faust's queues for seconds
+            # behind a backlog of other topics, and calling their topic caught up then released
+            # those topics' events ahead of them, which then arrived late.)
+            caught_up = committed >= highwater
+        elif (start := self._log_start.get(tp)) is not None:
+            caught_up = start >= highwater  # no commit yet: reading starts at the log's start
+        else:
+            return None  # where reading starts is not known: the aligner waits a while
+        if not caught_up:
+            return False
+        return float(state.timestamp) if state.timestamp is not None else True
+
+    # -- repairs ----------------------------------------------------------------------------
+
+    async def rewind(self, rewind: dict[TP, int]) -> None:
+        """Seek partitions back to offsets that were skipped before reaching the agent, after
+        asking the broker which of them exist (a real gap is accepted, not re-read forever)."""
+        consumer = self.app.consumer._thread._ensure_consumer()
+        try:
+            first = await first_offsets(consumer, rewind)
+        except Exception as exc:  # broker unreachable: seek anyway, the probe is retried later
+            log.warning("offset probe failed (%s); reading again from the expected offsets", exc)
+            first = {}
+        now = time.monotonic()
+        for tp, offset in list(rewind.items()):
+            found = first.get(tp)
+            if found is None:
+                # No record at or after it came back (the broker is slow, or the partition ends
+                # in offsets that hold none): read again from it, no gap is assumed.
+                log.info("%s: reading again from offset %d", tp, offset)
+            elif found > offset:
+                log.warning(
+                    "%s: offsets %d..%d are not on the broker (compaction or transaction "
+                    "markers); going on from %d",
+                    tp,
+                    offset,
+                    found - 1,
+                    found,
+                )
+                self.continuity.accept(tp, found)
+                rewind[tp] = found
+            else:
+                log.warning(
+                    "%s: offset %d never reached the agent; reading again from it", tp, offset
+                )
+                self._on_rewind(self._contract.get(tp.topic, CLOCK))
+            self._delivered_at[tp] = now
+        await self.app.consumer.seek_wait(rewind)
+
+    def lost_tails(self, now: float, quiet_s: float = LOST_TAIL_QUIET_S) -> dict[TP, int]:
+        """Once the agent has received nothing at all for ``quiet_s``, the partitions whose
+        fetch position is past what it got: a message lost at a partition's end leaves no
+        later offset to reveal the gap (and would hold back event-time alignment for good).
+        While anything still arrives, fetched messages may just be queued inside Faust behind
+        a backlog (seen: partitions silent for 10 s in a 2-million-event replay)."""
+        rewind: dict[TP, int] = {}
+        if not self._delivered_at or now - max(self._delivered_at.values()) < quiet_s:
+            return rewind
+        for tp in self._delivered_at:
+            expected = self.continuity.expected(tp)
+            if expected is None:
+                continue
+            state = self._fetch_state(tp)
+            if state is None or not state.has_valid_position:
+                continue
+            if state.position > expected:
+                rewind[tp] = expected
+        return rewind
+
+    async def reread_lost_tails(self, quiet_s: float = LOST_TAIL_QUIET_S) -> None:
+        rewind = self.lost_tails(time.monotonic(), quiet_s)
+        if rewind:
+            await self.rewind(rewind)
+
+    def resume_stuck_partitions(self, after_s: float = STUCK_PARTITION_S) -> None:
+        """Faust stops fetching a partition whose messages fill the stream buffer and fetches
+        it again when its queue signals the pressure dropped; that signal can be lost
+        (faust-streaming issues 175 and 640), and the partition is then never fetched again:
+        seen as two partitions silent for 5 minutes in a long replay, with every other
+        partition held back behind them for event-time alignment."""
+        consumer = self.app.consumer
+        buffered = set(getattr(consumer, "_buffered_partitions", ()))
+        now = time.monotonic()
+        for tp in list(self._buffered_since):
+            if tp not in buffered:
+                del self._buffered_since[tp]
+        for tp in buffered:
+            since = self._buffered_since.setdefault(tp, now)
+            if now - since >= after_s:
+                log.info(
+                    "%s: fetching again after %.0f s paused for a full buffer", tp, now - since
+                )
+                consumer.on_buffer_drop(tp)
+                del self._buffered_since[tp]
+
+    # -- rebalances -------------------------------------------------------------------------
+
+    async def note_log_starts(self, assigned: set[TP]) -> None:
+        """Where newly assigned input partitions with no committed offset start
+        (``caught_up``)."""
+        inputs = [tp for tp in assigned if self._contract.get(tp.topic, CLOCK) != CLOCK]
+        if not inputs:
+            return
+        try:
+            self._log_start.update(await self.app.consumer.earliest_offsets(*inputs))
+        except Exception as exc:  # unknown starts only make the aligner wait a while
+            log.warning("could not read the input partitions' first offsets: %s", exc)
+
+    def forget(self, revoked: set[TP]) -> None:
+        """Revoked partitions: their unacked messages are their new owner's to read again."""
+        self.continuity.forget(revoked)
+        for tp in revoked:
+            self._delivered_at.pop(tp, None)
+            self._ack_queues.pop(tp, None)

@@ -1,0 +1,35 @@
+"""The online churn learner's input, built from a feature vector and the ONNX model's
+probability: at prediction time and again when the label arrives, from the stored vector."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from stream.features.schema import FEATURE_NAMES
+
+__all__ = ["MOMENT_FEATURES", "churn_inputs"]
+
+#: Features that describe the moment rather than the customer: at an event the user is always
+#: in a session (with a cart being filled), at a clock tick never. A learner that only saw
+#: them constant would read an idle user's 0 as dozens of standard deviations away.
+MOMENT_FEATURES = frozenset(
+    {"session_active", "session_minutes", "session_events", "cart_items", "cart_value"}
+    | {name for name in FEATURE_NAMES if name.endswith("_1h")}
+)
+_CHURN_INPUTS = tuple(
+    (index, name) for index, name in enumerate(FEATURE_NAMES) if name not in MOMENT_FEATURES
+)
+
+
+def churn_inputs(vector: Sequence[float], p_onnx: float) -> dict[str, float]:
+    """The online churn learner's input: the customer's features on a signed log scale (a
+    shop's counts, prices and gaps differ by orders of magnitude from another's; logs make them
+    comparable) and the ONNX model's logit, whose weight the learner fits to this shop."""
+    x = {
+        name: math.copysign(math.log1p(abs(vector[index])), vector[index])
+        for index, name in _CHURN_INPUTS
+    }
+    p = min(max(p_onnx, 1e-6), 1 - 1e-6)
+    x["onnx_logit"] = math.log(p / (1 - p))
+    return x

@@ -1,0 +1,304 @@
+"""One user's step of ``Scorer.finish``: what their events reveal about earlier predictions
+(``reveal``), the learners learning it (``learn``), then their scores and messages
+(``score_user``): churn, purchase power, interest, cart recommendations and an offer.
+
+``Scorer`` runs these on a working copy of the user's scoring state and owns what happens when
+one raises (``stream.scoring.engine``); here they only compute and change that copy and the
+partition's learners.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from stream.events import CartChange, Click, Event, Order
+from stream.features.schema import FEATURE_NAMES
+from stream.features.state import current_profile
+from stream.models.inputs import Candidates, category_bucket
+from stream.scoring.batch import DAY_MS, Inferred, Prepared, ScoreResult, ScoringConfig, UserInput
+from stream.scoring.churn_input import churn_inputs
+from stream.scoring.pending import (
+    PendingInterest,
+    PendingOffer,
+    add_churn_prediction,
+    resolve_churn,
+    resolve_interest,
+    resolve_offer,
+)
+from stream.scoring.state import Learners
+from stream.scoring.user_scores import UserScores
+
+__all__ = ["learn", "reveal", "score_user"]
+
+
+def reveal(
+    config: ScoringConfig, scores: UserScores, events: list[Event], at_ms: int
+) -> list[tuple[str, tuple[Any, ...]]]:
+    """What a user's events (or event time alone) reveal about earlier predictions, in
+    the order they are to be learned (before new predictions are made). Changes only
+    ``scores`` (the delivered predictions leave it), never a learner."""
+    labels: list[tuple[str, tuple[Any, ...]]] = []
+    moments: list[tuple[int, int | None, str | None]] = [
+        (e.ts, e.ts if isinstance(e, Order) else None, _category_of(e)) for e in events
+    ] or [(at_ms, None, None)]
+    for now, order_ts, category in moments:
+        for vector, p_onnx, y in resolve_churn(
+            scores.churn_pending,
+            order_ts=order_ts,
+            now_ts=now,
+            horizon_ms=config.churn_horizon_ms,
+        ):
+            x = churn_inputs(vector, p_onnx)  # type: ignore[arg-type]
+            labels.append(("churn", (x, p_onnx, y)))
+        if category is not None:
+            label = resolve_interest(scores.interest_pending, category=category, ts=now)
+            if label is not None:
+                labels.append(("interest", label))
+                scores.interest_pending = None
+        reward = resolve_offer(
+            scores.offer_pending,
+            order_ts=order_ts,
+            now_ts=now,
+            window_ms=config.offer_window_ms,
+        )
+        if reward is not None:
+            offer = PendingOffer.from_dict(scores.offer_pending or {})
+            labels.append(("offers", (offer.context, offer.arm, reward)))
+            scores.offer_pending = None
+    return labels
+
+
+def _category_of(event: Event) -> str | None:
+    if isinstance(event, Click) or (isinstance(event, CartChange) and event.action == "add"):
+        return event.category
+    if isinstance(event, Order) and event.items:
+        return event.items[0].category
+    return None
+
+
+def learn(
+    labels: list[tuple[str, tuple[Any, ...]]],
+    learners: Learners,
+    partition: int,
+    result: ScoreResult,
+) -> None:
+    for learner, label in labels:
+        if learner == "churn":
+            x, p_onnx, y = label
+            if learners.churn.learn(x, p_onnx, y):
+                result.drifts.append(("churn", partition))
+        elif learner == "interest":
+            candidates, ranked, next_category = label
+            learners.interest.record_hit(ranked, next_category)
+            learners.interest.learn(candidates, next_category)
+        else:
+            context, arm, reward = label
+            learners.offers.learn(context, arm, reward)
+        result.count(learner)
+
+
+def score_user(
+    config: ScoringConfig,
+    index: int,
+    user: UserInput,
+    learners: Learners,
+    prepared: Prepared,
+    inferred: Inferred,
+    recs: tuple[Candidates, np.ndarray] | None,
+    versions: dict[str, str],
+    result: ScoreResult,
+) -> None:
+    """The user's messages (into ``result``) from the batch's ``index``-th row, and the
+    predictions they leave pending in ``user.scores`` to be labelled later."""
+    scores = user.scores
+    vector = prepared.vectors[index]
+    p_onnx = float(inferred.churn[index])
+    x = churn_inputs(vector, p_onnx)
+    p_churn = learners.churn.predict(x, p_onnx)
+    pending_before = len(scores.churn_pending)
+    add_churn_prediction(
+        scores.churn_pending,
+        user.at_ms,
+        [round(v, 4) for v in vector],
+        p_onnx,
+        every_ms=config.churn_label_every_ms,
+        max_pending=config.churn_horizon_ms // config.churn_label_every_ms + 1,
+    )
+    if len(scores.churn_pending) > pending_before:
+        due = user.at_ms + config.churn_horizon_ms
+        result.due.append((user.partition, due, user.user_id))
+    online_version = f"river-churn-p{user.partition}-n{learners.churn.labels_seen}"
+    head = {"user_id": user.user_id, "ts": user.at_ms, "trigger": user.trigger}
+    churn_msg = {
+        **head,
+        "churn_probability": round(p_churn, 6),
+        "horizon_days": config.churn_horizon_ms / DAY_MS,
+        "components": {
+            "onnx": round(p_onnx, 6),
+            "weight_online": round(learners.churn.weight_online, 4),
+        },
+        "models": {"onnx": versions["churn"], "online": online_version},
+    }
+    _emit(result, scores, "scores.churn", churn_msg)
+    if prepared.churn_only:
+        return
+    assert inferred.spend is not None and inferred.interest is not None
+    spend = max(0.0, float(inferred.spend[index]))
+    learners.tiers.update(spend)
+    _emit(
+        result,
+        scores,
+        "scores.purchase_power",
+        {
+            **head,
+            "expected_spend_30d": round(spend, 2),
+            "tier": learners.tiers.tier(spend),
+            "models": {"onnx": versions["purchase_power"], "online": "river-tiers"},
+        },
+    )
+    ranked = _interest(config, user, inferred.interest[index], learners)
+    _emit(
+        result,
+        scores,
+        "scores.interest",
+        {
+            **head,
+            "top_categories": [{"category": c, "p": round(p, 6)} for c, p in ranked],
+            "models": {
+                "onnx": versions["interest"],
+                "online": f"river-interest-p{user.partition}",
+            },
+        },
+    )
+    if recs is not None:
+        candidates, model_scores = recs
+        items = _rank_recs(config, candidates, model_scores, user, learners)
+        _emit(
+            result,
+            scores,
+            "recs.cart",
+            {
+                **head,
+                "items": [{"item_id": i, "score": round(s, 6)} for i, s in items],
+                "models": {"onnx": versions["cart_recs"], "online": "cooccurrence"},
+            },
+        )
+    _offer(config, user, learners, p_churn, spend, vector, head, result)
+    _learn_cooccurrence(config, user, learners)
+
+
+def _interest(
+    config: ScoringConfig, user: UserInput, probs: np.ndarray, learners: Learners
+) -> list[tuple[str, float]]:
+    profile = current_profile(user.state, config.features)
+    affinity = profile.affinity
+    affinity_total = sum(affinity.values()) or 1.0
+    recent = profile.recent_categories
+    last = recent[-1] if recent else None
+    names = set(affinity) | set(recent)
+    if not names:
+        return []
+    onnx = {c: float(probs[category_bucket(c)]) for c in names}
+    onnx_total = sum(onnx.values()) or 1.0
+    candidates = {
+        c: {
+            "onnx_p": onnx[c] / onnx_total,
+            "affinity_share": affinity.get(c, 0.0) / affinity_total,
+            "recent_share": recent.count(c) / len(recent) if recent else 0.0,
+            "is_last": float(c == last),
+        }
+        for c in sorted(names)
+    }
+    ranked = learners.interest.rank(candidates, config.interest_k)
+    user.scores.interest_pending = PendingInterest(
+        user.at_ms, [c for c, _p in ranked], candidates
+    ).to_dict()
+    return ranked
+
+
+def _rank_recs(
+    config: ScoringConfig,
+    candidates: Candidates,
+    model_scores: np.ndarray,
+    user: UserInput,
+    learners: Learners,
+) -> list[tuple[str, float]]:
+    profile = current_profile(user.state, config.features)
+    cooc = dict(
+        learners.cooccurrence.candidates(
+            sorted(profile.cart), len(candidates.items), now_ms=user.at_ms, exclude=set()
+        )
+    )
+    top = max(cooc.values(), default=0.0) or 1.0
+    w = config.recs_model_weight
+    scored = [
+        (item, w * float(s) + (1 - w) * cooc.get(item, 0.0) / top)
+        for item, s in zip(candidates.items, model_scores, strict=True)
+        if item not in profile.cart
+    ]
+    scored.sort(key=lambda kv: (-kv[1], kv[0]))
+    return scored[: config.recs_k]
+
+
+def _offer(
+    config: ScoringConfig,
+    user: UserInput,
+    learners: Learners,
+    p_churn: float,
+    spend: float,
+    vector: list[float],
+    head: dict[str, Any],
+    result: ScoreResult,
+) -> None:
+    scores = user.scores
+    if scores.offer_pending is not None:
+        return
+    last = scores.last_offer_ts
+    if last is not None and user.at_ms - last < config.offer_cooldown_ms:
+        return
+    if not learners.offers.eligible(p_churn, spend):
+        return
+    context = {
+        "churn": p_churn,
+        "log_spend": math.log1p(spend),
+        "log_orders": math.log1p(vector[FEATURE_NAMES.index("orders_total")]),
+        "bias": 1.0,
+    }
+    arm, propensity = learners.offers.choose(context)
+    scores.offer_pending = PendingOffer(
+        user.at_ms, arm, propensity, context, learners.offers.cost(arm)
+    ).to_dict()
+    scores.last_offer_ts = user.at_ms
+    result.due.append((user.partition, user.at_ms + config.offer_window_ms, user.user_id))
+    _emit(
+        result,
+        scores,
+        "offers",
+        {
+            **head,
+            "offer": learners.offers.offer_payload(arm),
+            "propensity": round(propensity, 6),
+            "models": {"online": "river-linucb"},
+        },
+    )
+
+
+def _learn_cooccurrence(config: ScoringConfig, user: UserInput, learners: Learners) -> None:
+    """Items ordered together, and each item added with what was already in the cart
+    (only the new item's pairs, so a cart's older pairs are not counted again)."""
+    cart = current_profile(user.state, config.features).cart
+    for event in user.events:
+        if isinstance(event, Order) and len(event.items) > 1:
+            learners.cooccurrence.update([line.item_id for line in event.items], event.ts)
+        elif isinstance(event, CartChange) and event.action == "add":
+            learners.cooccurrence.update(
+                sorted(set(cart) | {event.item_id}), event.ts, added=[event.item_id]
+            )
+
+
+def _emit(result: ScoreResult, scores: UserScores, topic: str, value: dict[str, Any]) -> None:
+    scores.latest[topic] = value
+    result.messages.append((topic, value["user_id"], value))
