@@ -30,7 +30,7 @@ import numpy as np
 
 from offline_train.logs import EventList, EventSource
 from offline_train.split import DAY_MS, TimeSplit, choose_split
-from stream.events import CartChange, Click, Event, Order
+from stream.contract.events import CartChange, Click, Event, Order
 from stream.features import FEATURE_NAMES, FeatureConfig, Outcome, UserState, apply_event
 from stream.features.state import current_profile, feature_vector
 from stream.models.inputs import (

@@ -24,7 +24,7 @@ import orjson
 
 from offline_train.metrics import hit_rate_at_k, mrr, ndcg_at_k, recall_at_k, roc_auc
 from offline_train.online_eval import clean_log
-from stream.events import CartChange, Click, Event, Order
+from stream.contract.events import CartChange, Click, Event, Order
 
 __all__ = ["LogTruth", "judge"]
 

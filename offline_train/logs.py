@@ -1,6 +1,6 @@
 """Event logs (JSONL or Parquet) as cleaned events in the order the service would apply them.
 
-Both formats go through the service's own cleaning rules (``stream.validation``), sorted by
+Both formats go through the service's own cleaning rules (``stream.contract.validation``), sorted by
 event time exactly as ``shopscore replay`` publishes them (stable for ties; a line whose ``ts``
 cannot be parsed keeps its place and is then rejected), so a training set sees what a worker
 would have seen. Rejected events are counted by reason, never silently dropped.
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import orjson
 
+from stream.contract.events import CartChange, Click, Event
+from stream.contract.validation import parse_ts, validate_object
 from stream.errors import Rejected, TrainingError
-from stream.events import CartChange, Click, Event
 from stream.settings import Limits
-from stream.validation import parse_ts, validate_object
 
 __all__ = ["EventList", "EventLog", "EventSource", "read_events"]
 

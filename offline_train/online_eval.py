@@ -19,8 +19,8 @@ from pathlib import Path
 
 import orjson
 
+from stream.contract.events import TOPIC_OF_KIND, Event, Order, to_wire
 from stream.contract.topics import CLOCK
-from stream.events import TOPIC_OF_KIND, Event, Order, to_wire
 from stream.models.registry import Model
 from stream.pipeline import BatchOutput, InputRecord, Pipeline, PipelineConfig, Stores
 from stream.scoring.engine import ScoringConfig

@@ -12,12 +12,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stream.contract.events import Event
+from stream.contract.validation import decode_event
 from stream.errors import Rejected
-from stream.events import Event
 from stream.features import FeatureConfig, UserState, apply_event
-from stream.replay import read_log
 from stream.settings import Limits
-from stream.validation import decode_event
+from stream.tools.replay import read_log
 
 __all__ = ["OfflineReplay", "clean_events", "replay_log"]
 

@@ -18,9 +18,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from stream.broker import EmbeddedBroker, free_port
 from stream.settings import Settings
 from stream.tools.bench import measure_state, offline_sample
+from stream.tools.broker import EmbeddedBroker, free_port
 
 
 def main() -> None:

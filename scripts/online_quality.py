@@ -21,12 +21,12 @@ from pathlib import Path
 
 from offline_train.judge import LogTruth, judge
 from offline_train.online_eval import clean_log
-from stream.broker import EmbeddedBroker, free_port
-from stream.dump import dump_topic
-from stream.embedded import WorkerProcess, read_worker_metrics
-from stream.replay import publish, read_log
 from stream.settings import Settings
+from stream.tools.broker import EmbeddedBroker, free_port
+from stream.tools.dump import dump_topic
+from stream.tools.embedded import WorkerProcess, read_worker_metrics
 from stream.tools.generator import GeneratorConfig, write_log
+from stream.tools.replay import publish, read_log
 
 
 def _progress(message: str) -> None:

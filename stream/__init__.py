@@ -1,7 +1,10 @@
-"""shopscore's streaming service: event contracts, feature state, Faust agents and the CLI.
+"""shopscore's streaming service.
 
-The pure parts (``events``, ``validation``, ``features``, ``tools.generator``) import no Faust,
-so offline training replays exactly the code the workers run.
+The folders are its rooms (README, "Code layout"): ``contract`` (topics, events, cleaning rules,
+DLQ records, the owner partition), ``pipeline`` (the pure batch pipeline), ``features``,
+``scoring``, ``models``, ``kafka`` (every Faust/aiokafka workaround), ``worker`` (the Faust app
+around the pipeline) and ``tools`` (CLI, embedded run, replay, dump, bench, generator). The
+pure rooms import no Kafka client, so offline training runs exactly the code the workers run.
 """
 
 __version__ = "0.1.0"

@@ -1,5 +1,5 @@
 """``python -m stream`` is ``shopscore``."""
 
-from stream.cli import main
+from stream.tools.cli import main
 
 main()

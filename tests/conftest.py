@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from stream.broker import EmbeddedBroker, free_port
-from stream.dump import dump_topic
-from stream.embedded import WorkerProcess, read_worker_metrics
 from stream.settings import Settings
+from stream.tools.broker import EmbeddedBroker, free_port
+from stream.tools.dump import dump_topic
+from stream.tools.embedded import WorkerProcess, read_worker_metrics
 
 _counter = itertools.count()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stream.events import INPUT_TOPICS
+from stream.contract.events import INPUT_TOPICS
 
 __all__ = ["ALL_TOPICS", "CLOCK", "DLQ", "INPUT_TOPICS", "OUTPUT_TOPICS"]
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stream import strict
-from stream.events import CartChange, Click, Event, Order
+from stream.contract.events import CartChange, Click, Event, Order
 from stream.features.schema import FEATURE_NAMES, WINDOWS
 
 __all__ = ["MISSING_HOURS", "Profile", "ProfileConfig"]

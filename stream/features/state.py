@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 
 from stream import strict
-from stream.events import CartChange, Click, Event, Order, OrderLine
+from stream.contract.events import CartChange, Click, Event, Order, OrderLine
 from stream.features.profile import Profile, ProfileConfig
 from stream.features.schema import FEATURE_NAMES, SCHEMA_HASH
 
@@ -121,7 +121,7 @@ def fingerprint(event: Event) -> int:
 def apply_event(state: UserState, event: Event, config: FeatureConfig) -> Outcome:
     """Apply ``event`` to ``state`` in place, unless it is a duplicate or too late.
 
-    >>> from stream.events import Click
+    >>> from stream.contract.events import Click
     >>> s = UserState("u1")
     >>> e = Click(event_id="e1", user_id="u1", ts=1_767_225_600_000, item_id="i1")
     >>> apply_event(s, e, FeatureConfig()).value, apply_event(s, e, FeatureConfig()).value

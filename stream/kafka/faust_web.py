@@ -12,7 +12,7 @@ FAUST_VIEWS_PREFIX = "faust.web.apps."
 
 def drop_faust_views(web: Any) -> None:
     """Remove Faust's built-in blueprints before they are mounted (at server start): they
-    read any table key over HTTP and list the cluster's topics and hosts (``stream.web``)."""
+    read any table key over HTTP and list the cluster's topics and hosts (``stream.worker.web``)."""
     manager = web.blueprints
     if manager.applied:
         raise RuntimeError("register_views must run before the web server starts")

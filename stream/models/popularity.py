@@ -14,7 +14,7 @@ import heapq
 import math
 from collections.abc import Collection
 
-from stream.events import UNKNOWN_CATEGORY, CartChange, Event, Order
+from stream.contract.events import UNKNOWN_CATEGORY, CartChange, Event, Order
 
 __all__ = ["ItemPopularity"]
 
@@ -26,7 +26,7 @@ _TOP = 64  # ranked items kept per category and shop-wide, so ``top`` needs no s
 class ItemPopularity:
     """Decayed add/order counts per item, with each item's category.
 
-    >>> from stream.events import CartChange
+    >>> from stream.contract.events import CartChange
     >>> pop = ItemPopularity()
     >>> for n, item in enumerate(["a", "b", "b"]):
     ...     pop.observe(CartChange(f"e{n}", "u", 1_000 * n, item, "add", category="books"))

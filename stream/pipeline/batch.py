@@ -19,12 +19,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from stream.contract.dlq import dlq_message
+from stream.contract.events import INPUT_TOPICS, TOPIC_OF_KIND, Event
+from stream.contract.partitioning import owner_partition
 from stream.contract.topics import CLOCK, DLQ
-from stream.dlq import dlq_message
+from stream.contract.validation import decode_clock
 from stream.errors import Rejected
-from stream.events import INPUT_TOPICS, TOPIC_OF_KIND, Event
 from stream.models.registry import Model
-from stream.partitioning import owner_partition
 from stream.pipeline.acks import OffsetLedger
 from stream.pipeline.ingest import BatchResult, RawMessage, apply_clean, clean_message, dead_letter
 from stream.pipeline.learners import CHECKPOINT_EVERY_S, PartitionLearners
@@ -35,7 +36,6 @@ from stream.pipeline.stores import BatchView, Stores
 from stream.scoring.engine import Scorer, ScoringConfig, UserInput
 from stream.scoring.state import Learners
 from stream.settings import Limits, Settings
-from stream.validation import decode_clock
 
 __all__ = ["Pipeline", "PipelineConfig"]
 

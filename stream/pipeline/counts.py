@@ -1,5 +1,5 @@
 """What a batch counted, as plain numbers: the worker adds them to its Prometheus metrics in one
-place (``stream.metrics.Metrics.record``), offline evaluation sums them or ignores them."""
+place (``stream.worker.metrics.Metrics.record``), offline evaluation sums them or ignores them."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ __all__ = ["Counts"]
 
 @dataclass
 class Counts:
-    """Metric increments of one ``Pipeline.process`` call (names follow ``stream.metrics``)."""
+    """Metric increments of one ``Pipeline.process`` call (names follow ``stream.worker.metrics``)."""
 
     #: Input records per contract topic, valid or not.
     consumed: Counter[str] = field(default_factory=Counter)

@@ -12,12 +12,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from stream.dlq import bound_key, dlq_record
+from stream.contract.dlq import bound_key, dlq_record
+from stream.contract.events import KIND_OF_TOPIC, Event
+from stream.contract.validation import decode_event
 from stream.errors import Rejected
-from stream.events import KIND_OF_TOPIC, Event
 from stream.features import FeatureConfig, Outcome, UserState, apply_event
 from stream.settings import Limits
-from stream.validation import decode_event
 
 __all__ = [
     "BatchResult",
@@ -175,8 +175,8 @@ def apply_clean(
 
 def dead_letter(result: BatchResult, msg: RawMessage, reason: str, detail: str, now: int) -> None:
     """Count ``msg`` as rejected and queue its DLQ record; the key kept is bounded
-    (``stream.dlq.bound_key``; the record says how it was cut), the record is sent with
-    ``stream.dlq.dlq_message``."""
+    (``stream.contract.dlq.bound_key``; the record says how it was cut), the record is sent with
+    ``stream.contract.dlq.dlq_message``."""
     result.rejected[(msg.topic, reason)] += 1
     result.dead_letters.append(
         (

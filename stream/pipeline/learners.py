@@ -3,7 +3,7 @@ and then as table writes.
 
 A partition's learners are one object that every user of the partition teaches, so they move
 with the partition: on an assignment they are read from the ``learners`` table (restored from
-its changelog), chunked (``stream.chunked``, a checkpoint outgrows one record) and signed with
+its changelog), chunked (``stream.scoring.chunked``, a checkpoint outgrows one record) and signed with
 ``state_secret`` when one is set; on a revocation they are dropped here and live on in the
 changelog for the new owner.
 """
@@ -14,9 +14,9 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from stream import chunked
 from stream.errors import CorruptState
 from stream.pipeline.stores import BatchView, Store
+from stream.scoring import chunked
 from stream.scoring.state import Learners
 
 __all__ = ["CHECKPOINT_EVERY_S", "PartitionLearners"]

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from stream.events import Event
+from stream.contract.events import Event
 from stream.features import FeatureConfig, UserState
 from stream.models.inputs import Candidates
 from stream.models.registry import Model

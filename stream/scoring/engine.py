@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from stream.events import CartChange
+from stream.contract.events import CartChange
 from stream.features import feature_vector
 from stream.features.profile import Profile
 from stream.features.schema import FEATURE_NAMES

@@ -227,8 +227,9 @@ class PendingInterest:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PendingInterest:
+        ts = data.get("ts")  # absent or null in records written before it was kept
         return cls(
-            int(data.get("ts", 0)),
+            0 if ts is None else int(ts),
             list(data["ranked"]),
             {c: dict(f) for c, f in data["candidates"].items()},
         )

@@ -36,10 +36,10 @@ import hmac
 import pickle
 from typing import Any
 
-from stream import chunked, strict
+from stream import strict
 from stream.errors import CorruptState
 from stream.models.popularity import ItemPopularity
-from stream.scoring import safe_pickle
+from stream.scoring import chunked, safe_pickle
 from stream.scoring.cooccurrence import CoOccurrence
 from stream.scoring.learner_checks import check_learners
 from stream.scoring.offers import OfferPolicy
@@ -58,7 +58,7 @@ _SIGNED = b"S"
 _UNSIGNED = b"U"
 _MAC_BYTES = hashlib.sha256().digest_size
 
-#: The largest learners checkpoint read back (what ``stream.chunked`` inflates at most).
+#: The largest learners checkpoint read back (what ``stream.scoring.chunked`` inflates at most).
 MAX_LEARNERS_BYTES = chunked.MAX_VALUE_BYTES
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from stream.events import CartChange, Click, Event, Order
+from stream.contract.events import CartChange, Click, Event, Order
 from stream.features.schema import FEATURE_NAMES
 from stream.features.state import current_profile
 from stream.models.inputs import Candidates, category_bucket

@@ -25,9 +25,9 @@ from typing import Any
 import pytest
 import yaml
 
-from stream.broker import EmbeddedBroker, _die_with_parent, free_port
-from stream.embedded import WorkerProcess
 from stream.settings import Settings
+from stream.tools.broker import EmbeddedBroker, _die_with_parent, free_port
+from stream.tools.embedded import WorkerProcess
 from stream.tools.generator import GeneratorConfig, truth_path, write_log
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
+from stream.kafka.admin import ALL_TOPICS
 from stream.settings import Settings
-from stream.topics import ALL_TOPICS
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"

@@ -15,8 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from offline_train.replay import replay_log
 from stream import __version__
-from stream.embedded import read_worker_metrics
 from stream.features import FeatureConfig
+from stream.tools.embedded import read_worker_metrics
 
 PROMETHEUS_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "prometheus.yml"
 RULES = [

@@ -15,10 +15,10 @@ import pytest
 from click.testing import CliRunner
 
 from exporters.onnx_export import TOLERANCE, _parity
-from stream.cli import cli
 from stream.errors import ExportError
 from stream.features import SCHEMA_HASH
 from stream.models.registry import MODEL_NAMES, load_models
+from stream.tools.cli import cli
 from stream.tools.generator import GeneratorConfig, write_log
 
 METRICS = {

@@ -14,7 +14,7 @@ _WITHOUT_TF = (
     "import sys\n"
     "sys.modules['tensorflow'] = None\n"
     "sys.modules['keras'] = None\n"
-    "from stream.cli import main\n"
+    "from stream.tools.cli import main\n"
     "sys.argv = ['shopscore', *sys.argv[1:]]\n"
     "main()\n"
 )

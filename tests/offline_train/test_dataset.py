@@ -10,7 +10,7 @@ import pytest
 
 from offline_train.dataset import DatasetConfig, TrainingSets, build_training_sets
 from offline_train.logs import EventList, read_events
-from stream.events import CartChange, Click, Order
+from stream.contract.events import CartChange, Click, Order
 from stream.features import FeatureConfig, UserState, apply_event, feature_vector
 from stream.features.state import current_profile
 from stream.models.inputs import category_bucket, category_sequence

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from offline_train.judge import DAY_MS, LogTruth, judge
-from stream.events import CartChange, Click, Order, OrderLine
+from stream.contract.events import CartChange, Click, Order, OrderLine
 
 
 def _truth() -> LogTruth:

@@ -1,7 +1,7 @@
 """Fixtures of the reliability tests: real broker, real ``shopscore worker`` processes, no mocks.
 
 The offline reference (``offline_views`` / ``view_mismatches``) and the CLI replay helper are
-the worker-ingest tests' own, loaded from ``tests/stream/test_worker_ingest.py``, so there is
+the worker-ingest tests' own, loaded from ``tests/stream/worker/test_worker_ingest.py``, so there is
 one definition of "the worker agrees with the offline computation".
 """
 
@@ -19,13 +19,13 @@ import psutil
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from stream.embedded import WorkerProcess
 from stream.settings import Settings
+from stream.tools.embedded import WorkerProcess
 
 
 @pytest.fixture(scope="session")
 def helpers() -> ModuleType:
-    path = Path(__file__).parents[1] / "stream" / "test_worker_ingest.py"
+    path = Path(__file__).parents[1] / "stream" / "worker" / "test_worker_ingest.py"
     spec = importlib.util.spec_from_file_location("reliability_worker_ingest", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -17,13 +17,13 @@ from typing import Any
 import orjson
 import pytest
 
-from stream.dlq import MAX_RAW_BYTES
+from stream.contract.dlq import MAX_RAW_BYTES
+from stream.contract.events import INPUT_TOPICS
+from stream.contract.validation import REASONS, decode_event
 from stream.errors import Rejected
-from stream.events import INPUT_TOPICS
-from stream.replay import read_log
 from stream.settings import Limits
 from stream.tools.generator import GeneratorConfig, write_log
-from stream.validation import REASONS, decode_event
+from stream.tools.replay import read_log
 
 pytestmark = pytest.mark.broker
 

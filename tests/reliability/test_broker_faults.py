@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream.broker import EmbeddedBroker, free_port
-from stream.embedded import WorkerProcess
-from stream.topics import ensure_topics
+from stream.kafka.admin import ensure_topics
+from stream.tools.broker import EmbeddedBroker, free_port
+from stream.tools.embedded import WorkerProcess
 
 pytestmark = pytest.mark.broker
 

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from stream.broker import EmbeddedBroker
+from stream.tools.broker import EmbeddedBroker
 from stream.tools.generator import GeneratorConfig, write_log
 
 pytestmark = pytest.mark.broker

@@ -31,13 +31,13 @@ from aiokafka.admin import AIOKafkaAdminClient
 from faust.exceptions import ProducerSendError
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream.dlq import MAX_DLQ_MESSAGE_BYTES, MAX_KEY_BYTES
-from stream.dump import read_topic
-from stream.events import INPUT_TOPICS
+from stream.contract.dlq import MAX_DLQ_MESSAGE_BYTES, MAX_KEY_BYTES
+from stream.contract.events import INPUT_TOPICS
+from stream.contract.partitioning import owner_partition
+from stream.kafka.admin import CLOCK
 from stream.kafka.compat import install, true_end_offsets
-from stream.partitioning import owner_partition
 from stream.settings import Limits, Settings
-from stream.topics import CLOCK
+from stream.tools.dump import read_topic
 
 pytestmark = pytest.mark.broker
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from stream.broker import free_port
+from stream.tools.broker import free_port
 from stream.tools.generator import GeneratorConfig, write_log
 
 pytestmark = pytest.mark.broker

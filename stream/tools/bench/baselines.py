@@ -29,11 +29,11 @@ from typing import Any
 
 import orjson
 
-from stream.broker import _die_with_parent, free_port
-from stream.events import INPUT_TOPICS
+from stream.contract.events import INPUT_TOPICS
 from stream.settings import Settings
 from stream.tools.bench.common import Progress, budget, poll_reached, poll_started, stop_process
 from stream.tools.bench.records import create_topics, read_until
+from stream.tools.broker import _die_with_parent, free_port
 
 __all__ = [
     "bare_throughput",

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import psutil
 
-from stream.broker import free_port
 from stream.errors import ShopscoreError
 from stream.settings import Settings
+from stream.tools.broker import free_port
 
 __all__ = [
     "Progress",

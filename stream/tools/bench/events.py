@@ -6,8 +6,8 @@ import asyncio
 import math
 from collections.abc import Sequence
 
-from stream.replay import LogEvent, iter_generated, publish
 from stream.settings import Settings
+from stream.tools.replay import LogEvent, iter_generated, publish
 
 __all__ = ["generate", "publish_events"]
 

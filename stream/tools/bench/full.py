@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from stream.embedded import WorkerProcess, read_worker_metrics
+from stream.kafka.admin import OUTPUT_TOPICS
 from stream.settings import Settings
 from stream.tools.bench.common import Progress, budget, poll_reached, poll_started
 from stream.tools.bench.records import read_until
-from stream.topics import OUTPUT_TOPICS
+from stream.tools.embedded import WorkerProcess, read_worker_metrics
 
 __all__ = ["full_throughput", "produced_by_topic"]
 

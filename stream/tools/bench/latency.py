@@ -13,15 +13,15 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from stream.embedded import WorkerProcess, read_worker_metrics
+from stream.contract.events import TOPIC_OF_KIND
 from stream.errors import ShopscoreError
-from stream.events import TOPIC_OF_KIND
-from stream.replay import LogEvent
+from stream.kafka.admin import ensure_topics
 from stream.settings import Settings
 from stream.tools.bench.common import Progress, budget, poll_reached, rss_mb
 from stream.tools.bench.full import produced_by_topic
 from stream.tools.bench.records import read_until
-from stream.topics import ensure_topics
+from stream.tools.embedded import WorkerProcess, read_worker_metrics
+from stream.tools.replay import LogEvent
 
 __all__ = ["latency", "paced_publish", "percentiles"]
 

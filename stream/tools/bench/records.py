@@ -13,8 +13,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from stream.errors import BrokerError
+from stream.kafka.admin import check_reachable
 from stream.settings import Settings
-from stream.topics import check_reachable
 
 __all__ = [
     "Record",
@@ -40,7 +40,7 @@ async def iter_records(
     """Every record of physical ``topic`` up to its end as of the first fetch of each partition.
 
     The end is the larger of ListOffsets and a fetch's high watermark: the embedded Tansu
-    broker answers ListOffsets short of the true end (see ``stream.dump``).
+    broker answers ListOffsets short of the true end (see ``stream.tools.dump``).
     """
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers(),

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from stream import __version__
-from stream.broker import EmbeddedBroker, find_broker_binary
 from stream.errors import ShopscoreError
+from stream.kafka.admin import check_reachable
 from stream.settings import Settings
 from stream.tools.bench.baselines import bare_throughput, consume_only_throughput
 from stream.tools.bench.common import Progress, phase_settings, stderr_progress
@@ -25,7 +25,7 @@ from stream.tools.bench.events import generate, publish_events
 from stream.tools.bench.full import full_throughput
 from stream.tools.bench.latency import latency
 from stream.tools.bench.state import PER, measure_state, sample_changelogs, scaled
-from stream.topics import check_reachable
+from stream.tools.broker import EmbeddedBroker, find_broker_binary
 
 __all__ = ["PHASES", "BenchOptions", "run_bench", "versions"]
 

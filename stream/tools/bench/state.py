@@ -12,12 +12,12 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from stream.embedded import WorkerProcess, read_worker_metrics
-from stream.replay import iter_generated
+from stream.kafka.admin import ensure_topics
 from stream.settings import Settings
 from stream.tools.bench.common import rss_mb
 from stream.tools.bench.records import create_topics, latest_values
-from stream.topics import ensure_topics
+from stream.tools.embedded import WorkerProcess, read_worker_metrics
+from stream.tools.replay import iter_generated
 
 __all__ = [
     "LEARNERS_TABLE",
@@ -81,11 +81,11 @@ def sample_changelogs(settings: Settings) -> StateSample:
 def offline_sample(users: int = 5_000, days: float = 30, seed: int = 3) -> StateSample:
     """Feature states (no scoring state) of a generated population, built by the feature core
     alone: no broker, no models (``scripts/measure_state.py``)."""
+    from stream.contract.validation import decode_event
     from stream.errors import Rejected
     from stream.features import FeatureConfig, UserState, apply_event, encode_state
     from stream.settings import Limits
     from stream.tools.generator import GeneratorConfig, generate_events
-    from stream.validation import decode_event
 
     events, _truth = generate_events(GeneratorConfig(users=users, days=days, seed=seed))
     config, limits = FeatureConfig(), Limits()

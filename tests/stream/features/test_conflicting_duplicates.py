@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import orjson
 
-from stream.events import CartChange, Click
+from stream.contract.events import CartChange, Click
+from stream.contract.validation import REASONS
 from stream.features import FeatureConfig, Outcome, UserState, apply_event, encode_state
 from stream.features.state import decode_state, fingerprint
 from stream.pipeline.ingest import RawMessage, ingest_batch
 from stream.settings import Limits
-from stream.validation import REASONS
 
 NOW = 1_767_225_600_000
 CONFIG = FeatureConfig()

@@ -8,7 +8,7 @@ import pickle
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.events import CartChange, Click, Order, OrderLine
+from stream.contract.events import CartChange, Click, Order, OrderLine
 from stream.features import (
     FEATURE_NAMES,
     FeatureConfig,
@@ -161,7 +161,7 @@ def test_feature_core_imports_no_faust() -> None:
     import sys
 
     code = (
-        "import sys, stream.features, stream.validation, offline_train.replay;"
+        "import sys, stream.features, stream.contract.validation, offline_train.replay;"
         "print('faust' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

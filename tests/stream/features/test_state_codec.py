@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stream.contract.events import CartChange, Click, Order, OrderLine
 from stream.errors import CorruptState
-from stream.events import CartChange, Click, Order, OrderLine
 from stream.features import FeatureConfig, Outcome, UserState, apply_event, describe
 from stream.features.profile import Profile
 from stream.features.state import MAX_STATE_BYTES, decode_state, encode_state, feature_vector

@@ -13,9 +13,9 @@ from typing import Any
 import faust
 import pytest
 
-from stream.dump import dump_topic
 from stream.kafka.compat import install
 from stream.settings import Settings
+from stream.tools.dump import dump_topic
 
 pytestmark = pytest.mark.broker
 

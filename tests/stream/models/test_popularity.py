@@ -13,7 +13,7 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.events import UNKNOWN_CATEGORY, CartChange, Click, Event, Order, OrderLine
+from stream.contract.events import UNKNOWN_CATEGORY, CartChange, Click, Event, Order, OrderLine
 from stream.models.popularity import ItemPopularity
 
 T0 = 1_767_225_600_000

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from stream.contract.events import CartChange, Click, Order, OrderLine
 from stream.errors import ModelError
-from stream.events import CartChange, Click, Order, OrderLine
 from stream.features import SCHEMA_HASH, FeatureConfig, UserState, apply_event, feature_vector
 from stream.features.state import current_profile
 from stream.models import MODEL_NAMES, load_model, load_models, shipped_dir

@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
+from stream.contract.partitioning import owner_partition
 from stream.models.registry import load_models
-from stream.partitioning import owner_partition
 from stream.pipeline import BatchOutput, InputRecord, Pipeline, PipelineConfig, Stores
 
 NOW = 1_767_225_600_000  # the wall clock of these tests (2026-01-01)
@@ -261,7 +261,7 @@ def test_a_revoked_partition_drops_what_it_holds_for_its_next_owner(models) -> N
 
 def test_offline_evaluation_runs_this_pipeline(models, monkeypatch) -> None:
     from offline_train import online_eval
-    from stream.events import Click
+    from stream.contract.events import Click
 
     calls: list[int] = []
     original = Pipeline.process

@@ -11,7 +11,7 @@ import numpy as np
 
 from offline_train.metrics import roc_auc
 from offline_train.online_eval import clean_log, evaluate_log, snapshot_records
-from stream.events import Order
+from stream.contract.events import Order
 from stream.models.registry import load_models
 from stream.scoring.engine import DAY_MS, ScoringConfig
 from stream.tools.generator import GeneratorConfig, write_log

@@ -17,10 +17,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from stream.contract.events import CartChange, Click, Event, Order, OrderLine
 from stream.errors import ModelError
-from stream.events import CartChange, Click, Event, Order, OrderLine
 from stream.features import UserState, apply_event
-from stream.metrics import Metrics
 from stream.models.registry import load_models
 from stream.pipeline.failures import FailureLog
 from stream.pipeline.learners import PartitionLearners
@@ -30,6 +29,7 @@ from stream.pipeline.stores import BatchView, Stores
 from stream.scoring.engine import DAY_MS, Scorer, ScoringConfig, ScoringFailed, UserInput
 from stream.scoring.state import Learners, UserScores
 from stream.settings import Settings
+from stream.worker.metrics import Metrics
 
 T0 = 1_767_225_600_000
 CONFIG = ScoringConfig()

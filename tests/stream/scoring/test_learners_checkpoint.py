@@ -28,19 +28,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from offline_train import online_eval
-from stream import chunked
+from stream.contract.events import CartChange, Click, Order, OrderLine
 from stream.errors import CorruptState
-from stream.events import CartChange, Click, Order, OrderLine
-from stream.metrics import Metrics
 from stream.models.registry import load_models
 from stream.pipeline import InputRecord, Pipeline, PipelineConfig
 from stream.pipeline.learners import PartitionLearners
 from stream.pipeline.stores import BatchView, Stores
-from stream.scoring import safe_pickle
+from stream.scoring import chunked, safe_pickle
 from stream.scoring.engine import DAY_MS, ScoringConfig
 from stream.scoring.offers import DEFAULT_ARMS
 from stream.scoring.state import Learners
 from stream.tools.generator import GeneratorConfig, write_log
+from stream.worker.metrics import Metrics
 
 T0 = 1_767_225_600_000
 SECRET = "correct horse battery staple"

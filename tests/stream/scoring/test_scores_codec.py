@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stream.contract.events import Click, Order, OrderLine
 from stream.errors import CorruptState
-from stream.events import Click, Order, OrderLine
 from stream.features import FEATURE_NAMES, FeatureConfig, UserState, apply_event
 from stream.models.registry import load_models
 from stream.scoring.engine import DAY_MS, Scorer, UserInput
@@ -233,6 +233,13 @@ def test_malformed_records_are_corrupt_state(data: bytes) -> None:
 def test_an_oversized_record_is_refused_before_parsing() -> None:
     with pytest.raises(CorruptState, match="bytes"):
         UserScores.from_bytes(b" " * (MAX_SCORES_BYTES + 1))
+
+
+def test_an_interest_ranking_with_a_null_time_is_scorable() -> None:
+    # Found by the mutation fuzzing: the decoder lets ``ts`` be null (records from before it
+    # was kept), so reading the pending ranking must too.
+    decoded = UserScores.from_bytes(_record((3, {**INTEREST, "ts": None})))
+    assert_scorable(decoded)
 
 
 def test_the_old_three_field_pending_form_still_reads() -> None:

@@ -327,7 +327,7 @@ def test_dirt_is_counted_and_listed(dirty: Log, small: Log) -> None:
 
 def test_invalid_events_are_rejected_by_the_validator(dirty: Log) -> None:
     """Cross-check with the service's own cleaning rules, when they are importable."""
-    validation = pytest.importorskip("stream.validation")
+    validation = pytest.importorskip("stream.contract.validation")
     settings = pytest.importorskip("stream.settings")
     errors = pytest.importorskip("stream.errors")
     events, truth = dirty

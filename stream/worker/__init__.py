@@ -1,0 +1,1 @@
+"""The worker: the Faust app, its agent, tables, timers, HTTP views, metrics and runner."""

@@ -1,0 +1,93 @@
+"""The worker's timers and rebalance hooks, each a few lines around the worker's own methods.
+
+Timers: release what alignment holds when no batch comes, refresh gauges, re-read partitions
+whose last messages never arrived, fetch again partitions Faust left paused, watch the model
+directory. Hooks: note where newly assigned partitions start, forget revoked ones.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from faust.types import TP
+
+from stream.kafka.consumer import LOST_TAIL_QUIET_S, STUCK_PARTITION_S
+from stream.worker.model_swap import swap_models
+
+if TYPE_CHECKING:
+    from stream.worker.app import ShopscoreApp
+
+__all__ = ["register_timers"]
+
+log = logging.getLogger("shopscore")
+
+
+def register_timers(worker: ShopscoreApp) -> None:
+    """Register the timers and rebalance hooks of ``worker`` on its Faust app."""
+    metrics = worker.metrics
+
+    async def release_held() -> None:
+        # Events held for alignment are released even when no new batch arrives.
+        if worker.pipeline.held and worker.feed.stream is not None:
+            try:
+                await worker._run([])
+            except Exception as exc:
+                worker._fatal(exc)
+                raise
+
+    worker.app.timer(0.2, name="shopscore.release_held")(release_held)
+
+    @worker.app.on_partitions_assigned.connect
+    async def note_log_starts(app: Any, assigned: set[TP], **kwargs: Any) -> None:
+        await worker.feed.note_log_starts(assigned)
+
+    @worker.app.on_partitions_revoked.connect
+    async def forget_revoked(app: Any, revoked: set[TP], **kwargs: Any) -> None:
+        # Held events of revoked partitions are not applied here: they are uncommitted,
+        # so their new owner reads them again.
+        dropped = worker.pipeline.forget({tp.partition for tp in revoked})
+        worker.feed.forget(revoked)
+        if dropped:
+            log.info("revoked partitions: %d held events left to their new owner", dropped)
+
+    async def refresh_gauges() -> None:
+        metrics.users.set(len(worker.users))
+        metrics.ready.set(1 if worker.ready()[0] else 0)
+        monitor = worker.app.monitor
+        ends = getattr(monitor, "tp_end_offsets", None) or {}
+        reads = getattr(monitor, "tp_read_offsets", None) or {}
+        committed = getattr(monitor, "tp_committed_offsets", None) or {}
+        lag: dict[tuple[str, str], int] = {}
+        for tp in worker.app.consumer.assignment():
+            name = worker._contract_name.get(tp.topic)
+            if name is None or tp not in ends:
+                continue
+            # After a restart nothing may be read yet: the committed offset is the position.
+            position = max(reads.get(tp, -1) + 1, committed.get(tp, 0))
+            lag[name, str(tp.partition)] = max(0, ends[tp] - position)
+        # Only assigned partitions: a partition moved to another worker is reported there,
+        # so sum(shopscore_consumer_lag_messages) over all workers counts each once.
+        metrics.lag.clear()
+        for (name, partition), value in lag.items():
+            metrics.lag.labels(name, partition).set(value)
+
+    worker.app.timer(1.0, name="shopscore.refresh_gauges")(refresh_gauges)
+
+    async def reread_lost_tails() -> None:
+        await worker.feed.reread_lost_tails(LOST_TAIL_QUIET_S)
+
+    worker.app.timer(1.0, name="shopscore.reread_lost_tails")(reread_lost_tails)
+
+    async def resume_stuck_partitions() -> None:
+        worker.feed.resume_stuck_partitions(STUCK_PARTITION_S)
+
+    worker.app.timer(1.0, name="shopscore.resume_stuck_partitions")(resume_stuck_partitions)
+
+    async def watch_models() -> None:
+        await swap_models(worker.models, worker.pipeline.scorer, worker.lock, worker.metrics)
+
+    if worker.settings.model_dir is not None:
+        worker.app.timer(worker.settings.model_poll_ms / 1000, name="shopscore.models")(
+            watch_models
+        )
