@@ -22,13 +22,14 @@ from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.types import EventT
 
 from stream.contract.events import INPUT_TOPICS
-from stream.contract.topics import CLOCK, DLQ, OUTPUT_TOPICS
+from stream.contract.topics import CLOCK
 from stream.errors import ConfigError
+from stream.kafka.batches import BatchSender
 from stream.kafka.compat import install as install_kafka_compat
 from stream.kafka.consumer import InputFeed
 from stream.kafka.options import faust_app_options
 from stream.models.registry import load_models
-from stream.pipeline import BatchOutput, InputRecord, Pipeline, PipelineConfig, Stores
+from stream.pipeline import InputRecord, Pipeline, PipelineConfig, Stores
 from stream.scoring.state import UserScores
 from stream.settings import Settings
 from stream.worker.broker_watch import install as install_broker_watch
@@ -86,10 +87,6 @@ class ShopscoreApp:
         self.inputs = self.app.topic(
             *(settings.topic(t) for t in INPUT_TOPICS), settings.topic(CLOCK)
         )
-        self.input_topics = {
-            settings.topic(t): self.app.topic(settings.topic(t)) for t in INPUT_TOPICS
-        }
-        self.dlq = self.app.topic(settings.topic(DLQ))
         self.users = self._codec_table(
             "users",
             STATE_CODEC,
@@ -119,13 +116,6 @@ class ShopscoreApp:
             help="The online learners of each partition (River), checkpointed.",
         )
         guard_changelog(self.learners, "learners", check_learners, self.metrics)
-        self.outputs = {t: self.app.topic(settings.topic(t)) for t in OUTPUT_TOPICS}
-        #: Every topic the pipeline's records go to, by contract name (inputs: re-keyed events).
-        self._topics = {
-            **self.outputs,
-            DLQ: self.dlq,
-            **{t: self.input_topics[settings.topic(t)] for t in INPUT_TOPICS},
-        }
         self._tables = {
             "users": self.users,
             "scores": self.scores,
@@ -143,6 +133,9 @@ class ShopscoreApp:
         #: One batch at a time: the ingest agent, the release timer and a model swap take it.
         self.lock = asyncio.Lock()
         self.first_event_monotonic: float | None = None
+        #: Produces each batch's records as one record batch per partition (made once the
+        #: producer exists).
+        self._sender: BatchSender | None = None
         self.feed = InputFeed(
             self.app,
             settings.topic,
@@ -207,16 +200,12 @@ class ShopscoreApp:
         async with self.lock:
             out = await self.pipeline.process(records, self.feed.caught_up)
             self.feed.write(self._tables, out.writes)
-            self._send(out)
+            if out.records:
+                if self._sender is None:
+                    self._sender = BatchSender(self.app.producer, self.settings.topic)
+                await self._sender.send(out.records)
             self.metrics.record(out.counts)
             await self.feed.ack(out.commit)
-
-    def _send(self, out: BatchOutput) -> None:
-        topics = self._topics
-        for record in out.records:
-            topics[record.topic].send_soon(
-                key=record.key, value=record.value, partition=record.partition
-            )
 
     async def _process_batch(self, events: list[EventT]) -> None:
         """One micro-batch: check offsets, then run the pipeline over what continues them."""
