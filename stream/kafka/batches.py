@@ -56,9 +56,13 @@ class BatchSender:
         producer = self.producer
         producer.check()
         client = producer._ensure_producer()  # the aiokafka producer under Faust's
+        limit = getattr(producer, "max_request_size", 1_048_576)
         by_partition: dict[tuple[str, int], list[OutputRecord]] = {}
         for record in records:
             topic = self._topic(record.topic)
+            size = _RECORD_OVERHEAD + len(record.key or b"") + len(record.value)
+            if size > limit:  # as aiokafka's own send refuses it
+                self._refuse(f"a {size}-byte record is over max_request_size {limit}", topic, size)
             partition = record.partition
             if partition is None:
                 count = await self._partition_count(client, topic)
@@ -67,21 +71,6 @@ class BatchSender:
                 else:
                     partition = (murmur2(record.key) & 0x7FFFFFFF) % count
             by_partition.setdefault((topic, partition), []).append(record)
-        limit = getattr(producer, "max_request_size", 1_048_576)
-        for (topic, _partition), group in by_partition.items():
-            for record in group:
-                size = _RECORD_OVERHEAD + len(record.key or b"") + len(record.value)
-                if size > limit:
-                    # As aiokafka's own send refuses it: it can never be produced, and nothing
-                    # may be committed past its input (``stream.kafka.compat._Producer``).
-                    producer._poison(
-                        MessageSizeTooLargeError(
-                            f"a {size}-byte record is over max_request_size {limit}"
-                        ),
-                        topic,
-                        size,
-                    )
-                    producer.check()
         sent = 0
         for (topic, partition), group in by_partition.items():
             batch = client.create_batch()
@@ -89,15 +78,11 @@ class BatchSender:
             for record in group:
                 if batch.append(key=record.key, value=record.value, timestamp=None) is None:
                     if not batch.record_count():
-                        # One record larger than a whole batch: it can never be produced.
-                        producer._poison(
-                            ValueError(
-                                f"a record of {len(record.value)} bytes exceeds the batch size"
-                            ),
+                        self._refuse(
+                            f"a record of {len(record.value)} bytes exceeds the batch size",
                             topic,
                             len(record.value),
                         )
-                        producer.check()
                     await self._submit(client, batch, topic, partition, size)
                     sent += 1
                     batch, size = client.create_batch(), 0
@@ -106,6 +91,12 @@ class BatchSender:
             await self._submit(client, batch, topic, partition, size)
             sent += 1
         return sent
+
+    def _refuse(self, why: str, topic: str, size: int) -> None:
+        """A record that can never be produced poisons the producer and raises: nothing may be
+        committed past its input (``stream.kafka.compat._Producer``)."""
+        self.producer._poison(MessageSizeTooLargeError(why), topic, size)
+        self.producer.check()
 
     async def _submit(self, client: Any, batch: Any, topic: str, partition: int, size: int) -> None:
         producer = self.producer

@@ -90,6 +90,7 @@ class InputFeed:
         rewind: dict[TP, int] = {}
         contract = self._contract
         committed_offsets = self.app.consumer._committed_offset
+        fetched: dict[TP, float] = {}  # one fetch-state lookup per partition and batch
         for event in events:
             message = event.message
             # Every message is acked here, in offset order (``ack``); this reference outlives
@@ -107,6 +108,9 @@ class InputFeed:
             self._delivered_at[tp] = now
             self._ack_queues[tp].append(event)
             self._partition_event[message.partition] = event
+            fetched_ms = fetched.get(tp)
+            if fetched_ms is None:
+                fetched_ms = fetched[tp] = self._fetched_ms(tp)
             records.append(
                 InputRecord(
                     contract[message.topic],
@@ -115,7 +119,7 @@ class InputFeed:
                     message.key,
                     message.value,
                     message.timestamp,
-                    self._fetched_ms(tp),
+                    fetched_ms,
                 )
             )
         return records, rewind

@@ -122,7 +122,7 @@ class PartitionLearners:
                 view.put("learners", partition, chunk_key, value)
             if previous:
                 for index in range(previous[1]):
-                    chunk = chunked.chunk_key(key, previous[0], index)
-                    if chunk != chunked.chunk_key(key, generation, index):
-                        view.put("learners", partition, chunk, None)
+                    view.put(
+                        "learners", partition, chunked.chunk_key(key, previous[0], index), None
+                    )
             self._checkpointed[partition] = now
