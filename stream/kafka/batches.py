@@ -19,20 +19,38 @@ like a failed single send, so nothing is committed past it.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiokafka.errors import MessageSizeTooLargeError
+from faust.types import TP
 
 from stream.contract.partitioning import murmur2
 from stream.pipeline.records import OutputRecord
 
-__all__ = ["BatchSender"]
+__all__ = ["BatchSender", "ChangelogRecord", "OnPersisted"]
 
 #: What a record adds to a produce request besides its key and value (batch header and record
 #: framing, as aiokafka estimates it), for the ``max_request_size`` check.
 _RECORD_OVERHEAD = 128
+
+
+class ChangelogRecord(NamedTuple):
+    """A table's changelog record: ``topic`` is the changelog topic's full name, ``value`` None
+    a tombstone, ``table`` the table's name (for its persisted offset)."""
+
+    topic: str
+    partition: int
+    key: bytes
+    value: bytes | None
+    table: str
+
+
+#: ``on_persisted(table, tp, offset)``: ``offset`` of ``table``'s changelog ``tp`` is on the
+#: broker.
+OnPersisted = Callable[[str, TP, int], None]
 
 
 class BatchSender:
@@ -51,18 +69,24 @@ class BatchSender:
             count = self._partitions[topic] = len(partitions)
         return count
 
-    async def send(self, records: Iterable[OutputRecord]) -> int:
-        """Produce ``records``; the number of record batches it took."""
+    def _client(self) -> tuple[Any, int]:
         producer = self.producer
         producer.check()
         client = producer._ensure_producer()  # the aiokafka producer under Faust's
-        limit = getattr(producer, "max_request_size", 1_048_576)
-        by_partition: dict[tuple[str, int], list[OutputRecord]] = {}
+        return client, getattr(producer, "max_request_size", 1_048_576)
+
+    def _check_size(self, topic: str, key: bytes | None, value: bytes | None, limit: int) -> None:
+        size = _RECORD_OVERHEAD + len(key or b"") + len(value or b"")
+        if size > limit:  # as aiokafka's own send refuses it
+            self._refuse(f"a {size}-byte record is over max_request_size {limit}", topic, size)
+
+    async def send(self, records: Iterable[OutputRecord]) -> int:
+        """Produce ``records``; the number of record batches it took."""
+        client, limit = self._client()
+        by_partition: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = {}
         for record in records:
             topic = self._topic(record.topic)
-            size = _RECORD_OVERHEAD + len(record.key or b"") + len(record.value)
-            if size > limit:  # as aiokafka's own send refuses it
-                self._refuse(f"a {size}-byte record is over max_request_size {limit}", topic, size)
+            self._check_size(topic, record.key, record.value, limit)
             partition = record.partition
             if partition is None:
                 count = await self._partition_count(client, topic)
@@ -70,25 +94,55 @@ class BatchSender:
                     partition = next(self._spread) % count
                 else:
                     partition = (murmur2(record.key) & 0x7FFFFFFF) % count
-            by_partition.setdefault((topic, partition), []).append(record)
+            by_partition.setdefault((topic, partition), []).append((record.key, record.value))
+        return await self._send_grouped(client, by_partition, None)
+
+    async def send_changelog(
+        self, records: Iterable[ChangelogRecord], on_persisted: OnPersisted
+    ) -> int:
+        """Produce table changelog records (each to its explicit partition); ``on_persisted``
+        learns each partition's last offset once its batch is on the broker."""
+        client, limit = self._client()
+        by_partition: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = {}
+        tables: dict[str, str] = {}
+        for record in records:
+            self._check_size(record.topic, record.key, record.value, limit)
+            tables[record.topic] = record.table
+            by_partition.setdefault((record.topic, record.partition), []).append(
+                (record.key, record.value)
+            )
+
+        def persisted(topic: str, partition: int, done: asyncio.Future[Any], n: int) -> None:
+            if not done.cancelled() and done.exception() is None:
+                on_persisted(tables[topic], TP(topic, partition), done.result().offset + n - 1)
+
+        return await self._send_grouped(client, by_partition, persisted)
+
+    async def _send_grouped(
+        self,
+        client: Any,
+        by_partition: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]],
+        on_done: Callable[[str, int, asyncio.Future[Any], int], None] | None,
+    ) -> int:
         sent = 0
         for (topic, partition), group in by_partition.items():
             batch = client.create_batch()
-            size = 0
-            for record in group:
-                if batch.append(key=record.key, value=record.value, timestamp=None) is None:
-                    if not batch.record_count():
+            size = n = 0
+            for key, value in group:
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    if not n:
                         self._refuse(
-                            f"a record of {len(record.value)} bytes exceeds the batch size",
+                            f"a record of {len(value or b'')} bytes exceeds the batch size",
                             topic,
-                            len(record.value),
+                            len(value or b""),
                         )
-                    await self._submit(client, batch, topic, partition, size)
+                    await self._submit(client, batch, topic, partition, size, n, on_done)
                     sent += 1
-                    batch, size = client.create_batch(), 0
-                    batch.append(key=record.key, value=record.value, timestamp=None)
-                size += len(record.key or b"") + len(record.value)
-            await self._submit(client, batch, topic, partition, size)
+                    batch, size, n = client.create_batch(), 0, 0
+                    batch.append(key=key, value=value, timestamp=None)
+                size += len(key or b"") + len(value or b"")
+                n += 1
+            await self._submit(client, batch, topic, partition, size, n, on_done)
             sent += 1
         return sent
 
@@ -98,7 +152,16 @@ class BatchSender:
         self.producer._poison(MessageSizeTooLargeError(why), topic, size)
         self.producer.check()
 
-    async def _submit(self, client: Any, batch: Any, topic: str, partition: int, size: int) -> None:
+    async def _submit(
+        self,
+        client: Any,
+        batch: Any,
+        topic: str,
+        partition: int,
+        size: int,
+        n: int,
+        on_done: Callable[[str, int, asyncio.Future[Any], int], None] | None,
+    ) -> None:
         producer = self.producer
         try:
             future = await client.send_batch(batch, topic, partition=partition)
@@ -106,3 +169,5 @@ class BatchSender:
             producer._poison(exc, topic, size)
             raise
         future.add_done_callback(lambda done: producer._delivered(done, topic, size))
+        if on_done is not None:
+            future.add_done_callback(lambda done: on_done(topic, partition, done, n))

@@ -30,7 +30,7 @@ from faust.types import TP, EventT
 from stream.contract.topics import CLOCK, INPUT_TOPICS
 from stream.kafka.compat import first_offsets
 from stream.kafka.offsets import OffsetContinuity, Verdict
-from stream.pipeline.records import InputRecord, TableWrite
+from stream.pipeline.records import InputRecord
 
 __all__ = ["LOST_TAIL_QUIET_S", "STUCK_PARTITION_S", "InputFeed", "acting_as"]
 
@@ -93,10 +93,9 @@ class InputFeed:
         fetched: dict[TP, float] = {}  # one fetch-state lookup per partition and batch
         for event in events:
             message = event.message
-            # Every message is acked here, in offset order (``ack``); this reference outlives
-            # take_events' own ack of the batch. A message that is not taken keeps it for good:
-            # it is never acked, its in-order twin is.
-            message.incref()
+            # Every message is acked in offset order (``ack``), never by the stream
+            # (``stream.kafka.intake``). A message that is not taken is never acked: its
+            # in-order twin is.
             tp = message.tp
             verdict = self.continuity.check(tp, message.offset, committed_offsets.get(tp), now=now)
             if verdict is not Verdict.TAKE:
@@ -144,19 +143,9 @@ class InputFeed:
             while queue and queue[0].message.offset < offset:
                 await ack(queue.popleft())
 
-    def write(self, tables: Mapping[str, Any], writes: Sequence[TableWrite]) -> None:
-        """Apply a batch's table writes, each attributed to its partition (``acting_as``)."""
-        by_partition: dict[int, list[TableWrite]] = {}
-        for write in writes:
-            by_partition.setdefault(write.partition, []).append(write)
-        for partition, group in by_partition.items():
-            with acting_as(self._partition_event[partition]):
-                for write in group:
-                    table = tables[write.table]
-                    if write.value is None:
-                        table.pop(write.key, None)
-                    else:
-                        table[write.key] = write.value
+    def acting_for(self, partition: int) -> contextlib.AbstractContextManager[None]:
+        """Attribute table writes to ``partition`` (``acting_as`` its latest taken event)."""
+        return acting_as(self._partition_event[partition])
 
     # -- where each partition stands --------------------------------------------------------
 

@@ -18,21 +18,23 @@ from collections.abc import Callable
 from typing import Any
 
 import faust
-from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.types import EventT
 
 from stream.contract.events import INPUT_TOPICS
 from stream.contract.topics import CLOCK
 from stream.errors import ConfigError
 from stream.kafka.batches import BatchSender
+from stream.kafka.changelog import ChangelogWriter
 from stream.kafka.compat import install as install_kafka_compat
 from stream.kafka.consumer import InputFeed
+from stream.kafka.intake import EventBatches
 from stream.kafka.options import faust_app_options
 from stream.models.registry import load_models
 from stream.pipeline import InputRecord, Pipeline, PipelineConfig, Stores
 from stream.scoring.state import UserScores
 from stream.settings import Settings
 from stream.worker.broker_watch import install as install_broker_watch
+from stream.worker.faust_sensor import install_faust_sensor
 from stream.worker.metrics import Metrics
 from stream.worker.model_swap import ModelWatcher, publish_model_info
 from stream.worker.tables import (
@@ -76,12 +78,7 @@ class ShopscoreApp:
         self.metrics = Metrics()
         self.started_monotonic = time.monotonic()
         self.app = faust.App(settings.app_id, **faust_app_options(settings))
-        setup_prometheus_sensors(
-            self.app,
-            pattern="/metrics",
-            registry=self.metrics.registry,
-            name_prefix="shopscore_faust",
-        )
+        self.monitor = install_faust_sensor(self.app, self.metrics.registry, "shopscore_faust")
         # The clock travels with the input topics through one agent and the event-time
         # aligner, so a tick at T is handled only after the partition's events up to T.
         self.inputs = self.app.topic(
@@ -122,6 +119,8 @@ class ShopscoreApp:
             "learners": self.learners,
             "clock": self.clock,
         }
+        #: Writes each batch's table writes, their changelogs as record batches.
+        self.changelog = ChangelogWriter(self._tables)
         self.models = ModelWatcher(settings.model_dir)
         self.pipeline = Pipeline(
             PipelineConfig.from_settings(settings),
@@ -133,6 +132,8 @@ class ShopscoreApp:
         #: One batch at a time: the ingest agent, the release timer and a model swap take it.
         self.lock = asyncio.Lock()
         self.first_event_monotonic: float | None = None
+        #: The ingest agent's batches (made when the agent starts).
+        self.intake: EventBatches | None = None
         #: Produces each batch's records as one record batch per partition (made once the
         #: producer exists).
         self._sender: BatchSender | None = None
@@ -192,23 +193,35 @@ class ShopscoreApp:
         stored = self.scores.get(user_id.encode())
         return stored if stored is not None else UserScores()
 
+    async def release_held(self) -> None:
+        """Run an empty batch: the pipeline releases what alignment no longer holds back."""
+        async with self.lock:
+            await self._run([])
+
     async def _run(self, records: list[InputRecord]) -> None:
         """Hand ``records`` to the pipeline, then apply what it returns: table writes first,
         then the records, then the acks of what it says is handled. Faust commits an acked
         offset only after the producer has flushed (``stream.kafka.compat``), so states and
-        outputs are durable before their input is committed."""
-        async with self.lock:
-            out = await self.pipeline.process(records, self.feed.caught_up)
-            self.feed.write(self._tables, out.writes)
-            if out.records:
-                if self._sender is None:
-                    self._sender = BatchSender(self.app.producer, self.settings.topic)
-                await self._sender.send(out.records)
-            self.metrics.record(out.counts)
-            await self.feed.ack(out.commit)
+        outputs are durable before their input is committed. The caller holds ``lock``."""
+        out = await self.pipeline.process(records, self.feed.caught_up)
+        changelog = self.changelog.write(out.writes, self.feed.acting_for)
+        if self._sender is None:
+            self._sender = BatchSender(self.app.producer, self.settings.topic)
+        await self.changelog.send(self._sender, changelog)
+        if out.records:
+            await self._sender.send(out.records)
+        self.metrics.record(out.counts)
+        self.monitor.count_table_writes(self._tables, self.changelog.take_counts())
+        await self.feed.ack(out.commit)
 
     async def _process_batch(self, events: list[EventT]) -> None:
-        """One micro-batch: check offsets, then run the pipeline over what continues them."""
+        """One micro-batch: check offsets, then run the pipeline over what continues them.
+
+        Taking the records and running them is one step under ``lock``: the feed counts taken
+        records as delivered (``InputFeed.caught_up``), so a release in between (the
+        ``release_held`` timer) would see their partition caught up before the pipeline holds
+        them, and release other topics' later events ahead of them (seen as ``late`` clicks
+        once batches grew)."""
         started = time.perf_counter()
         if self.first_event_monotonic is None:
             self.first_event_monotonic = time.monotonic()
@@ -216,10 +229,11 @@ class ShopscoreApp:
                 "first event processed %.2fs after start",
                 self.first_event_monotonic - self.started_monotonic,
             )
-        records, rewind = self.feed.take(events, time.monotonic())
-        if rewind:
-            await self.feed.rewind(rewind)
-        await self._run(records)
+        async with self.lock:
+            records, rewind = self.feed.take(events, time.monotonic())
+            if rewind:
+                await self.feed.rewind(rewind)
+            await self._run(records)
         self.metrics.batch_size.observe(len(events))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
@@ -241,7 +255,8 @@ class ShopscoreApp:
 
         async def ingest(stream: faust.StreamT) -> None:
             self.feed.stream = stream
-            async for events in stream.take_events(settings.batch_size, settings.batch_within_s):
+            self.intake = EventBatches(stream, settings.batch_size, settings.batch_within_s)
+            async for events in self.intake:
                 try:
                     await self._process_batch(events)
                 except Exception as exc:

@@ -31,7 +31,7 @@ def register_timers(worker: ShopscoreApp) -> None:
         # Events held for alignment are released even when no new batch arrives.
         if worker.pipeline.held and worker.feed.stream is not None:
             try:
-                await worker._run([])
+                await worker.release_held()
             except Exception as exc:
                 worker._fatal(exc)
                 raise
@@ -47,6 +47,8 @@ def register_timers(worker: ShopscoreApp) -> None:
         # Held events of revoked partitions are not applied here: they are uncommitted,
         # so their new owner reads them again.
         dropped = worker.pipeline.forget({tp.partition for tp in revoked})
+        if worker.intake is not None:
+            dropped += worker.intake.discard(revoked)
         worker.feed.forget(revoked)
         if dropped:
             log.info("revoked partitions: %d held events left to their new owner", dropped)

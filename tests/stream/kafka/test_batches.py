@@ -14,9 +14,11 @@ from typing import Any
 import faust
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
+from faust.types import TP
 
-from stream.kafka.batches import BatchSender
+from stream.kafka.batches import BatchSender, ChangelogRecord
 from stream.kafka.compat import install
 from stream.pipeline.records import OutputRecord
 from stream.settings import Settings
@@ -67,3 +69,58 @@ def test_records_go_out_in_batches_to_the_partitions_single_sends_would_use(sett
     assert len({rec["partition"] for rec in read["events.dlq"]}) == PARTITIONS  # spread
     # 60 records of ~230 bytes over 4 partitions, 4 KiB batches: a few batches each, not 60.
     assert PARTITIONS + 1 + PARTITIONS <= batches < 30
+
+
+async def _send_changelog(
+    settings: Settings, records: list[ChangelogRecord]
+) -> tuple[list[tuple[str, TP, int]], list[Any]]:
+    install()
+    app = faust.App(settings.app_id, broker=settings.broker, producer_max_batch_size=4096)
+    producer = app.producer
+    await producer.start()
+    topic = records[0].topic
+    persisted: list[tuple[str, TP, int]] = []
+    try:
+        await producer.create_topic(topic, partitions=PARTITIONS, replication=1)
+        await BatchSender(producer, settings.topic).send_changelog(
+            records, lambda table, tp, offset: persisted.append((table, tp, offset))
+        )
+        await producer.flush()
+        await asyncio.sleep(0)  # the batches' done callbacks run
+        consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker.removeprefix("kafka://"))
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            read: list[Any] = []
+            while len(read) < len(records):
+                batch = await consumer.getmany(timeout_ms=1000)
+                read += [rec for recs in batch.values() for rec in recs]
+        finally:
+            await consumer.stop()
+        return persisted, read
+    finally:
+        await producer.stop()
+
+
+def test_changelog_records_go_to_their_partition_and_report_the_last_offset(settings) -> None:
+    """Table writes go out as record batches too (``stream.kafka.changelog``): each to the
+    partition it names, tombstones as null values, and the last offset of each partition is
+    reported once it is on the broker (a RocksDB table's persisted offset follows it)."""
+    topic = f"{settings.app_id}-users-changelog"
+    records = [
+        ChangelogRecord(topic, i % PARTITIONS, f"u{i}".encode(), b"x" * 300, "users")
+        for i in range(40)
+    ]
+    records.append(ChangelogRecord(topic, 2, b"gone", None, "users"))
+    persisted, read = asyncio.run(_send_changelog(settings, records))
+    assert sorted((r.partition, r.key, r.value) for r in read) == sorted(
+        (r.partition, r.key, r.value) for r in records
+    )
+    last = {}
+    for table, tp, offset in persisted:
+        assert table == "users" and tp.topic == topic
+        last[tp.partition] = max(offset, last.get(tp.partition, -1))
+    per_partition = {p: sum(r.partition == p for r in records) for p in range(PARTITIONS)}
+    assert last == {p: n - 1 for p, n in per_partition.items()}
