@@ -103,6 +103,16 @@ def _level(text: str) -> str:
     return "warn" if value == "warning" else value
 
 
+EVENT_LOOPS = ("uvloop", "asyncio")
+
+
+def _event_loop(text: str) -> str:
+    value = text.strip().lower()
+    if value not in EVENT_LOOPS:
+        raise ValueError(f"must be one of {', '.join(EVENT_LOOPS)}")
+    return value
+
+
 #: Kafka client security, as Kafka's own ``security.protocol`` / ``sasl.mechanism`` name them.
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -155,6 +165,9 @@ class Settings:
     web_advertised_host: str | None = None
     data_dir: Path = Path(".shopscore")
     log_level: str = "info"
+    #: ``uvloop`` (libuv's event loop, where the package is installed: Linux and macOS) or
+    #: ``asyncio`` (the standard library's).
+    event_loop: str = "uvloop"
     rebalance_timeout_ms: int = 3_000
     session_timeout_ms: int = 4_000
     batch_size: int = 500
@@ -363,6 +376,7 @@ _SETTINGS_ENV: dict[str, tuple[str, Any]] = {
     "web_port": ("WEB_PORT", _positive_int),
     "data_dir": ("DATA_DIR", Path),
     "log_level": ("LOG_LEVEL", _level),
+    "event_loop": ("EVENT_LOOP", _event_loop),
     "rebalance_timeout_ms": ("REBALANCE_TIMEOUT", parse_duration_ms),
     "session_timeout_ms": ("SESSION_TIMEOUT", parse_duration_ms),
     "batch_size": ("BATCH_SIZE", _positive_int),

@@ -7,6 +7,10 @@ written in the last batch would be silently lost on restart. A fetch response's 
 is right on every broker, so the end offsets Faust asks for are corrected with one fetch. On
 Apache Kafka the two agree and the correction changes nothing.
 
+Message delivery. Faust races each fetched message's delivery to the streams against a
+rebalance with three futures and a task; ``_Consumer._drain_messages`` delivers with a plain
+``await`` unless the flow is already suspended (see there).
+
 Flush before commit. Faust flushes its producer before committing consumer offsets, but its
 buffer's flush gives up after 0.1 s without a message sent and does not count the message its
 sender task is handing to the client. Offsets could then be committed for events whose table
@@ -26,6 +30,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.exceptions import ProducerSendError
+from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 __all__ = ["first_offsets", "install", "true_end_offsets"]
@@ -170,6 +175,75 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 class _Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover
+        """Faust's loop that hands fetched messages to the streams (faust-streaming 0.15.3,
+        ``faust.transport.consumer.Consumer._drain_messages``), with one change: a message is
+        delivered with a plain ``await`` while the flow is not suspended.
+
+        Faust races every delivery against ``suspend_flow`` with ``Service.wait_first``: three
+        futures, a task and ``asyncio.wait`` per message, 31 µs measured here, about 40% of the
+        whole consume-only path. The race only matters when a delivery blocks (a full stream
+        buffer) and a rebalance starts meanwhile; deliveries that start with the flow suspended
+        still race it. A delivery that blocks before the flow is suspended completes when the
+        streams drain their buffers, which they do during a rebalance too (skipping stale
+        messages, as Faust does with messages its race let through).
+        """
+        callback = self.callback
+        getmany = self.getmany
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        suspended = self.suspend_flow.is_set
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        set_flag = self.diag.set_flag
+        unset_flag = self.diag.unset_flag
+        commit_every = self._commit_every
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        yield_every = 100
+        num_since_yield = 0
+        sleep = asyncio.sleep
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                set_flag(CONSUMER_FETCHING)
+                ait = getmany(timeout=1.0)
+                await self.sleep(0)
+                if not self.should_stop:
+                    async for tp, message in ait:
+                        num_since_yield += 1
+                        if num_since_yield > yield_every:
+                            await sleep(0)
+                            num_since_yield = 0
+                        offset = message.offset
+                        r_offset = get_read_offset(tp)
+                        if r_offset is None or offset >= r_offset:
+                            gap = offset - (r_offset or 0)
+                            if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                                await self._add_gap(tp, r_offset + 1, offset)
+                            if commit_every is not None and self._n_acked >= commit_every:
+                                self._n_acked = 0
+                                await self.commit()
+                            if suspended():
+                                await self.wait_first(callback(message), self.suspend_flow.wait())
+                            else:
+                                await callback(message)
+                            set_read_offset(tp, offset)
+                    unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                self.log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                self.log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            unset_flag(CONSUMER_FETCHING)
 
 
 class _Producer(faust_aiokafka.Producer):

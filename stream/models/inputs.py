@@ -169,27 +169,50 @@ def cart_candidates(
     wanted += [i for i in reversed(profile.recent_items) if i not in in_cart]
     items = tuple(dict.fromkeys(wanted))[:max_candidates]
 
-    affinity_total = sum(sorted(profile.affinity.values())) or 1.0
+    affinity = profile.affinity
+    affinity_total = sum(sorted(affinity.values())) or 1.0
     recent_items = set(profile.recent_items)
     recent_cats = profile.recent_categories
     last_cat = recent_cats[-1] if recent_cats else None
     log_cart = math.log1p(len(in_cart))
-    cand = np.zeros((len(items), 2), np.int32)
-    pair = np.zeros((len(items), len(PAIR_FEATURES)), np.float32)
-    for row, item in enumerate(items):
+    # Rows built as Python lists and converted once (a numpy row assignment per item cost
+    # more than the features), with each category's figures worked out once.
+    per_category: dict[str | None, tuple[int, float, float, float, float, float]] = {}
+    cand_rows: list[tuple[int, int]] = []
+    pair_rows: list[tuple[float, ...]] = []
+    for item in items:
         cat = popularity.category_of(item)
+        figures = per_category.get(cat)
+        if figures is None:
+            if cat is None:
+                figures = (0, 0.0, 0.0, 0.0, 0.0, 0.0)
+            else:
+                figures = (
+                    category_bucket(cat),
+                    popularity.category_total(cat),
+                    affinity.get(cat, 0.0) / affinity_total,
+                    float(cat in cart_cats),
+                    recent_cats.count(cat) / len(recent_cats) if recent_cats and cat else 0.0,
+                    float(cat == last_cat),
+                )
+            per_category[cat] = figures
+        bucket, category_total, affinity_share, in_cart_cat, recent_share, is_last = figures
         score = popularity.score(item)
-        cand[row] = (item_bucket(item), category_bucket(cat) if cat is not None else 0)
-        pair[row] = (
-            math.log1p(score),
-            score / popularity.category_total(cat) if cat is not None else 0.0,
-            profile.affinity.get(cat, 0.0) / affinity_total if cat is not None else 0.0,
-            float(cat in cart_cats),
-            float(item in recent_items),
-            recent_cats.count(cat) / len(recent_cats) if recent_cats and cat else 0.0,
-            float(cat is not None and cat == last_cat),
-            log_cart,
+        cand_rows.append((item_bucket(item), bucket))
+        pair_rows.append(
+            (
+                math.log1p(score),
+                score / category_total if cat is not None else 0.0,
+                affinity_share,
+                in_cart_cat,
+                float(item in recent_items),
+                recent_share,
+                is_last,
+                log_cart,
+            )
         )
+    cand = np.asarray(cand_rows, np.int32).reshape(len(items), 2)
+    pair = np.asarray(pair_rows, np.float32).reshape(len(items), len(PAIR_FEATURES))
     cart_row = [item_bucket(i) for i in cart_items] + [0] * (CART_LEN - len(cart_items))
     cart = np.tile(np.asarray(cart_row, np.int32), (len(items), 1))
     return Candidates(items, cand, cart.reshape(len(items), CART_LEN), pair)

@@ -36,6 +36,10 @@ _REBASE = 2.0**40  # rebase the scale before floats lose precision
 _FORMAT = 1
 
 
+def _best_first(kv: tuple[str, float]) -> tuple[float, str]:
+    return (-kv[1], kv[0])
+
+
 class CoOccurrence(base.Base):
     """Decayed, bounded item co-occurrence counts and item popularity.
 
@@ -198,7 +202,10 @@ class CoOccurrence(base.Base):
     def _top_k(
         self, scores: Iterable[tuple[str, float]], k: int, now_ms: int
     ) -> list[tuple[str, float]]:
-        best = heapq.nsmallest(k, scores, key=lambda kv: (-kv[1], kv[0]))
+        pool = list(scores)
+        # nsmallest over a list of at most k items is a sort; over a generator it would run
+        # its heap with a key call per item whatever the size.
+        best = heapq.nsmallest(k, pool, key=_best_first)
         decay = self._decay_to(now_ms)
         return [(item, score * decay) for item, score in best]
 

@@ -1,4 +1,4 @@
-"""Faust's Prometheus sensor (``shopscore_faust_*``) without a ``.labels()`` call per message.
+"""Faust's Prometheus sensor (``shopscore_faust_*``) without Prometheus calls per message.
 
 Faust's ``PrometheusMonitor`` resolves a labelled child (``.labels(topic=...)``: label
 validation, a lock, a dict lookup) several times for every message it sees, and once per
@@ -10,6 +10,7 @@ batch at a time (``count_table_writes``).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,12 +22,22 @@ __all__ = ["ShopscoreMonitor", "install_faust_sensor"]
 
 
 class ShopscoreMonitor(PrometheusMonitor):
-    """``PrometheusMonitor`` with its labelled children cached."""
+    """``PrometheusMonitor`` that counts messages and events in plain integers and hands them to
+    Prometheus when it is scraped (``flush``), with its labelled children cached.
+
+    Per message, Faust calls four sensor hooks; Faust's monitor took a timestamp, built a state
+    dict and incremented six locked Prometheus values in them. Here each hook adds to an
+    integer. ``events_runtime_latency`` (per-event processing time) is not observed: events
+    are processed a batch at a time (``shopscore_batch_processing_seconds``).
+    """
 
     def __init__(self, metrics: Any, **kwargs: Any) -> None:
         super().__init__(metrics, **kwargs)
         self._children: dict[tuple[Any, ...], Any] = {}
         self._stream_labels: dict[Any, str] = {}
+        self._stream_events: Counter[Any] = Counter()
+        #: What ``flush`` has handed to Prometheus so far.
+        self._flushed: Counter[Any] = Counter()
 
     def _child(self, metric: Any, *values: Any) -> Any:
         key = (id(metric), *values)
@@ -36,25 +47,50 @@ class ShopscoreMonitor(PrometheusMonitor):
         return child
 
     def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
-        Monitor.on_message_in(self, tp, offset, message)
-        metrics = self._metrics
-        metrics.messages_received.inc()
-        metrics.active_messages.inc()
-        self._child(metrics.messages_received_per_topics, tp.topic).inc()
-        self._child(metrics.messages_received_per_topics_partition, tp.topic, tp.partition).set(
-            offset
-        )
+        self.messages_received_total += 1
+        self.messages_active += 1
+        self.messages_received_by_topic[tp.topic] += 1
+        self.tp_read_offsets[tp] = offset
 
     def on_stream_event_in(self, tp: Any, offset: int, stream: Any, event: Any) -> Any:
-        state = Monitor.on_stream_event_in(self, tp, offset, stream, event)
+        self.events_total += 1
+        self.events_active += 1
+        self._stream_events[stream] += 1
+        return None
+
+    def on_stream_event_out(
+        self, tp: Any, offset: int, stream: Any, event: Any, state: Any = None
+    ) -> None:
+        self.events_active -= 1
+
+    def on_message_out(self, tp: Any, offset: int, message: Any) -> None:
+        self.messages_active -= 1
+
+    def _add(self, key: Any, total: int, counter: Any) -> None:
+        delta = total - self._flushed[key]
+        if delta > 0:
+            counter.inc(delta)
+            self._flushed[key] = total
+
+    def flush(self) -> None:
+        """Hand the counts since the last flush to Prometheus (called at every scrape)."""
         metrics = self._metrics
-        metrics.total_events.inc()
-        metrics.total_active_events.inc()
-        label = self._stream_labels.get(stream)
-        if label is None:
-            label = self._stream_labels[stream] = f"stream.{self._stream_label(stream)}.events"
-        self._child(metrics.total_events_per_stream, label).inc()
-        return state
+        self._add("messages", self.messages_received_total, metrics.messages_received)
+        for topic, n in list(self.messages_received_by_topic.items()):
+            child = self._child(metrics.messages_received_per_topics, topic)
+            self._add(("topic", topic), n, child)
+        for tp, offset in list(self.tp_read_offsets.items()):
+            self._child(metrics.messages_received_per_topics_partition, tp.topic, tp.partition).set(
+                offset
+            )
+        metrics.active_messages.set(self.messages_active)
+        self._add("events", self.events_total, metrics.total_events)
+        metrics.total_active_events.set(self.events_active)
+        for stream, n in list(self._stream_events.items()):
+            label = self._stream_labels.get(stream)
+            if label is None:
+                label = self._stream_labels[stream] = f"stream.{self._stream_label(stream)}.events"
+            self._add(("stream", label), n, self._child(metrics.total_events_per_stream, label))
 
     def _table_operation(self, table: str, operation: str) -> Any:
         return self._child(self._metrics.table_operations, f"table.{table}", operation)
@@ -92,12 +128,28 @@ class ShopscoreMonitor(PrometheusMonitor):
             setattr(state, operation, getattr(state, operation) + n)
 
 
+class _FlushOnScrape:
+    """A collector that exports nothing and flushes the monitor first: registered before
+    Faust's metrics, so a scrape reads them up to date."""
+
+    def __init__(self) -> None:
+        self.monitor: ShopscoreMonitor | None = None
+
+    def collect(self) -> list[Any]:
+        if self.monitor is not None:
+            self.monitor.flush()
+        return []
+
+
 def install_faust_sensor(
     app: Any, registry: CollectorRegistry, name_prefix: str
 ) -> ShopscoreMonitor:
     """Faust's Prometheus sensor on ``registry`` (its metrics, its ``/metrics`` page), with
     ``ShopscoreMonitor`` as the app's monitor."""
+    flusher = _FlushOnScrape()
+    registry.register(flusher)  # type: ignore[arg-type]
     setup_prometheus_sensors(app, pattern="/metrics", registry=registry, name_prefix=name_prefix)
     monitor = ShopscoreMonitor(metrics=app.monitor._metrics)
     app.monitor = monitor
+    flusher.monitor = monitor
     return monitor

@@ -12,7 +12,6 @@ process alive.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -27,6 +26,7 @@ from stream.kafka.admin import ensure_topics
 from stream.settings import Settings
 from stream.worker.app import create_app
 from stream.worker.broker_watch import install_log_limit
+from stream.worker.loop import new_event_loop
 
 __all__ = ["EXIT_GRACE_S", "run_worker"]
 
@@ -83,8 +83,7 @@ def run_worker(settings: Settings) -> None:
     when the watchdog gave up on a worker that stayed not ready while the broker answered;
     whatever the path, the process ends at most ``EXIT_GRACE_S`` after Faust has stopped.
     """
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
+    loop = new_event_loop(settings.event_loop)
     loop.run_until_complete(ensure_topics(settings))
     shop = create_app(settings)
     watch = shop.broker_watch

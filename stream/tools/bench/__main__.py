@@ -20,9 +20,9 @@ def main(argv: Sequence[str] | None = None) -> None:  # pragma: no cover - child
     args = list(sys.argv[1:] if argv is None else argv)
     settings = Settings.from_env()
     if len(args) == 2 and args[0] == "forward":
-        run_app(lambda: forwarder_app(settings, args[1]))
+        run_app(lambda: forwarder_app(settings, args[1]), settings.event_loop)
     elif args == ["consume"]:
-        run_app(lambda: consume_only_app(settings))
+        run_app(lambda: consume_only_app(settings), settings.event_loop)
     else:
         raise SystemExit(USAGE)
 

@@ -107,13 +107,16 @@ def consume_only_app(settings: Settings) -> Any:
     return app
 
 
-def run_app(build: Callable[[], Any]) -> None:  # pragma: no cover - runs in the child process
-    """Build an app with ``build()`` on a fresh event loop and run it until SIGTERM (the
-    child process of a baseline phase)."""
+def run_app(
+    build: Callable[[], Any], event_loop: str = "uvloop"
+) -> None:  # pragma: no cover - runs in the child process
+    """Build an app with ``build()`` on a fresh event loop of the worker's kind and run it until
+    SIGTERM (the child process of a baseline phase)."""
     import faust
 
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
+    from stream.worker.loop import new_event_loop
+
+    loop = new_event_loop(event_loop)
     faust.Worker(
         build(),
         loop=loop,
