@@ -86,6 +86,16 @@ class Model:
         shapes = ", ".join(f"{s.name}{list(s.shape)}:{s.dtype}" for s in self.inputs)
         return f"Model({self.name!r}, version={self.version!r}, inputs=[{shapes}])"
 
+    def warm_up(self) -> None:
+        """Score one row of zeros: onnxruntime allocates its buffers at a session's first run
+        (tens of ms), which would otherwise land on the first scored batch's latency."""
+        self.predict(
+            {
+                spec.name: np.zeros(tuple(1 if d is None else d for d in spec.shape), spec.dtype)
+                for spec in self.inputs
+            }
+        )
+
     def predict(self, inputs: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray:
         """Scores for a batch: ``[N]`` for one-output-per-row models (churn probability,
         expected spend, candidate score), ``[N, K]`` for the interest model.
@@ -180,7 +190,12 @@ def load_model(
             f"model {name!r}: graph inputs {actual} differ from the manifest's {declared}; "
             f"{_RETRAIN}"
         )
-    return Model(name, manifest, session)
+    model = Model(name, manifest, session)
+    try:
+        model.warm_up()
+    except Exception as exc:  # loads, but cannot score a row of its declared inputs
+        raise ModelError(f"model {name!r}: onnxruntime cannot run it ({exc}); {_RETRAIN}") from None
+    return model
 
 
 def load_models(

@@ -26,6 +26,7 @@ from stream.kafka.admin import ensure_topics
 from stream.settings import Settings
 from stream.worker.app import create_app
 from stream.worker.broker_watch import install_log_limit
+from stream.worker.gc_pauses import GcPauses, freeze_startup_heap
 from stream.worker.loop import new_event_loop
 
 __all__ = ["EXIT_GRACE_S", "run_worker"]
@@ -98,6 +99,9 @@ def run_worker(settings: Settings) -> None:
         redirect_stdouts=False,
         override_logging=True,
     )
+    GcPauses(shop.metrics.registry).install()
+    # What exists now lives as long as the process: full collections need not walk it.
+    freeze_startup_heap()
     code = 1
     try:
         worker.execute_from_commandline()
