@@ -10,7 +10,8 @@ module per phase:
    input topics, forward each message unchanged to one topic) reads them; throughput =
    events / (first consumed → last forwarded record's Kafka timestamp).
 3. **consume-only** (``baselines``): a Faust agent (a separate process) that reads the same
-   events in ``take_events(batch_size, batch_within_s)`` batches, as the worker's agent does,
+   events in Faust's own ``take_events(batch_size, batch_within_s)`` batches (the issue's
+   measure of the framework's ceiling; the worker batches with ``stream.kafka.intake``),
    and only counts them; throughput = events / (first batch → the batch that completes the
    count). Both baselines are built from ``stream.kafka.options.faust_app_options``, the
    worker's own Faust options.

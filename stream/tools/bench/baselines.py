@@ -7,9 +7,10 @@ its consumer settings are the worker's:
 - the **bare forwarder** consumes the input topics and forwards every message unchanged to
   one topic, one ``send`` per message; its throughput ends at the last forwarded record's
   Kafka timestamp;
-- the **consume-only** agent reads ``take_events(batch_size, batch_within_s)`` batches, as the
-  worker's agent does, and only counts them; its throughput ends at the batch that completed
-  the count (the agent's own clock, stamped as each batch arrives).
+- the **consume-only** agent reads Faust's own ``take_events(batch_size, batch_within_s)``
+  batches (the worker's agent batches with ``stream.kafka.intake``) and only counts them; its
+  throughput ends at the batch that completed the count (the agent's own clock, stamped as
+  each batch arrives).
 
 Both serve ``GET /count``.
 """
@@ -80,8 +81,8 @@ def forwarder_app(settings: Settings, out_topic: str) -> Any:
 
 
 def consume_only_app(settings: Settings) -> Any:
-    """A Faust agent over the input topics that reads the worker's ``take_events`` batches
-    and does nothing else but count them.
+    """A Faust agent over the input topics that reads ``take_events`` batches of the worker's
+    size and does nothing else but count them.
 
     ``GET /count``: ``consumed``, and the wall times (s) at which the first batch arrived and
     the last one counted so far did (``first_s``, ``last_s``; null before any).
