@@ -27,13 +27,16 @@ class ShopscoreMonitor(PrometheusMonitor):
 
     Per message, Faust calls four sensor hooks; Faust's monitor took a timestamp, built a state
     dict and incremented six locked Prometheus values in them. Here each hook adds to an
-    integer. ``events_runtime_latency`` (per-event processing time) is not observed: events
-    are processed a batch at a time (``shopscore_batch_processing_seconds``).
+    integer. ``shopscore_faust_events_runtime_ms`` (per-event processing time) is not
+    observed: events are processed a batch at a time (``shopscore_batch_processing_seconds``).
+
+    (Cached children are ``_label_children``: ``_children`` is ``mode.Service``'s list of child
+    services, started and stopped with the monitor.)
     """
 
     def __init__(self, metrics: Any, **kwargs: Any) -> None:
         super().__init__(metrics, **kwargs)
-        self._children: dict[tuple[Any, ...], Any] = {}
+        self._label_children: dict[tuple[Any, ...], Any] = {}
         self._stream_labels: dict[Any, str] = {}
         self._stream_events: Counter[Any] = Counter()
         #: What ``flush`` has handed to Prometheus so far.
@@ -41,9 +44,9 @@ class ShopscoreMonitor(PrometheusMonitor):
 
     def _child(self, metric: Any, *values: Any) -> Any:
         key = (id(metric), *values)
-        child = self._children.get(key)
+        child = self._label_children.get(key)
         if child is None:
-            child = self._children[key] = metric.labels(*values)
+            child = self._label_children[key] = metric.labels(*values)
         return child
 
     def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
