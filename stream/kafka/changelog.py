@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from faust.serializers import codecs
-from faust.types import TP, EventT
+from faust.types import TP
 
 from stream.kafka.batches import BatchSender, ChangelogRecord
 from stream.pipeline.records import TableWrite
@@ -98,7 +98,3 @@ class ChangelogWriter:
         """(table, operation) -> keys written since the last call (for Faust's table sensor)."""
         counts, self._counts = self._counts, Counter()
         return counts
-
-
-def partition_event(events: Mapping[int, EventT]) -> Callable[[int], EventT]:
-    return events.__getitem__

@@ -57,9 +57,6 @@ class EventBatches:
         self._room = asyncio.Event()
         self._room.set()
 
-    def __len__(self) -> int:
-        return len(self._buffer)
-
     async def _add(self, value: Any) -> Any:
         """The stream processor that buffers each event (run by Faust's drainer task)."""
         event = self.stream.current_event
@@ -92,14 +89,10 @@ class EventBatches:
         return dropped
 
     def _take(self) -> list[EventT]:
-        buffer = self._buffer
-        if len(buffer) <= self.max_events:
-            batch = buffer[:]
-            buffer.clear()
-            self._first_at = None
-        else:  # cannot happen (the drainer waits at max_events), kept for safety
-            batch = buffer[: self.max_events]
-            del buffer[: self.max_events]
+        """The whole buffer (never more than ``max_events``: the drainer waits there)."""
+        batch = self._buffer[:]
+        self._buffer.clear()
+        self._first_at = None
         self._room.set()
         return batch
 

@@ -78,7 +78,7 @@ class ShopscoreApp:
         self.metrics = Metrics()
         self.started_monotonic = time.monotonic()
         self.app = faust.App(settings.app_id, **faust_app_options(settings))
-        self.monitor = install_faust_sensor(self.app, self.metrics.registry, "shopscore_faust")
+        self.monitor = install_faust_sensor(self.app, self.metrics, "shopscore_faust")
         # The clock travels with the input topics through one agent and the event-time
         # aligner, so a tick at T is handled only after the partition's events up to T.
         self.inputs = self.app.topic(

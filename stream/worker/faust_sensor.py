@@ -11,12 +11,13 @@ batch at a time (``count_table_writes``).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from faust.sensors.monitor import Monitor
 from faust.sensors.prometheus import PrometheusMonitor, setup_prometheus_sensors
-from prometheus_client import CollectorRegistry
+
+from stream.worker.metrics import Metrics
 
 __all__ = ["ShopscoreMonitor", "install_faust_sensor"]
 
@@ -30,24 +31,16 @@ class ShopscoreMonitor(PrometheusMonitor):
     integer. ``shopscore_faust_events_runtime_ms`` (per-event processing time) is not
     observed: events are processed a batch at a time (``shopscore_batch_processing_seconds``).
 
-    (Cached children are ``_label_children``: ``_children`` is ``mode.Service``'s list of child
-    services, started and stopped with the monitor.)
+    Labelled children are resolved once through ``child`` (the worker's ``Metrics.child``).
     """
 
-    def __init__(self, metrics: Any, **kwargs: Any) -> None:
+    def __init__(self, metrics: Any, child: Callable[..., Any], **kwargs: Any) -> None:
         super().__init__(metrics, **kwargs)
-        self._label_children: dict[tuple[Any, ...], Any] = {}
+        self._child = child
         self._stream_labels: dict[Any, str] = {}
         self._stream_events: Counter[Any] = Counter()
         #: What ``flush`` has handed to Prometheus so far.
         self._flushed: Counter[Any] = Counter()
-
-    def _child(self, metric: Any, *values: Any) -> Any:
-        key = (id(metric), *values)
-        child = self._label_children.get(key)
-        if child is None:
-            child = self._label_children[key] = metric.labels(*values)
-        return child
 
     def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
         self.messages_received_total += 1
@@ -83,9 +76,9 @@ class ShopscoreMonitor(PrometheusMonitor):
             child = self._child(metrics.messages_received_per_topics, topic)
             self._add(("topic", topic), n, child)
         for tp, offset in list(self.tp_read_offsets.items()):
-            self._child(metrics.messages_received_per_topics_partition, tp.topic, tp.partition).set(
-                offset
-            )
+            self._child(
+                metrics.messages_received_per_topics_partition, tp.topic, str(tp.partition)
+            ).set(offset)
         metrics.active_messages.set(self.messages_active)
         self._add("events", self.events_total, metrics.total_events)
         metrics.total_active_events.set(self.events_active)
@@ -118,7 +111,9 @@ class ShopscoreMonitor(PrometheusMonitor):
 
     def track_tp_end_offset(self, tp: Any, offset: int) -> None:
         Monitor.track_tp_end_offset(self, tp, offset)
-        self._child(self._metrics.topic_partition_end_offset, tp.topic, tp.partition).set(offset)
+        self._child(self._metrics.topic_partition_end_offset, tp.topic, str(tp.partition)).set(
+            offset
+        )
 
     def count_table_writes(
         self, tables: Mapping[str, Any], counts: Mapping[tuple[str, str], int]
@@ -144,15 +139,14 @@ class _FlushOnScrape:
         return []
 
 
-def install_faust_sensor(
-    app: Any, registry: CollectorRegistry, name_prefix: str
-) -> ShopscoreMonitor:
-    """Faust's Prometheus sensor on ``registry`` (its metrics, its ``/metrics`` page), with
-    ``ShopscoreMonitor`` as the app's monitor."""
+def install_faust_sensor(app: Any, metrics: Metrics, name_prefix: str) -> ShopscoreMonitor:
+    """Faust's Prometheus sensor on the worker's registry (its metrics, its ``/metrics``
+    page), with ``ShopscoreMonitor`` as the app's monitor."""
+    registry = metrics.registry
     flusher = _FlushOnScrape()
     registry.register(flusher)  # type: ignore[arg-type]
     setup_prometheus_sensors(app, pattern="/metrics", registry=registry, name_prefix=name_prefix)
-    monitor = ShopscoreMonitor(metrics=app.monitor._metrics)
+    monitor = ShopscoreMonitor(metrics=app.monitor._metrics, child=metrics.child)
     app.monitor = monitor
     flusher.monitor = monitor
     return monitor

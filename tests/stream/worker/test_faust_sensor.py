@@ -10,6 +10,7 @@ from faust.types import TP
 from prometheus_client import CollectorRegistry
 
 from stream.worker.faust_sensor import install_faust_sensor
+from stream.worker.metrics import Metrics
 
 
 class _Message:
@@ -19,7 +20,7 @@ class _Message:
 def test_counts_reach_prometheus_at_scrape_time_and_the_monitor_stops_cleanly(caplog) -> None:
     app = faust.App("sensor-test", broker="kafka://127.0.0.1:1")
     registry = CollectorRegistry()
-    monitor = install_faust_sensor(app, registry, "shopscore_faust")
+    monitor = install_faust_sensor(app, Metrics(registry), "shopscore_faust")
     assert app.monitor is monitor
     tp = TP("clicks", 2)
     for offset in range(5):
