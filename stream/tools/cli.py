@@ -37,6 +37,13 @@ def _fail(exc: ShopscoreError) -> None:
     sys.exit(2 if isinstance(exc, ConfigError) else 1)
 
 
+def _open_out(path: Path) -> Any:
+    try:
+        return open(path, "wb")  # the caller closes it
+    except OSError as exc:
+        raise ShopscoreError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
 def _parse_time(value: str | None) -> int | None:
     if value is None:
         return None
@@ -123,21 +130,23 @@ def worker(obj: _Context) -> None:
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=9092, show_default=True)
-def broker(host: str, port: int) -> None:
+@click.option("--port", type=click.IntRange(1, 65535), default=9092, show_default=True)
+@click.pass_obj
+def broker(obj: _Context, host: str, port: int) -> None:
     """The embedded Kafka-protocol broker (Tansu, memory storage) in the foreground."""
     from stream.tools.broker import EmbeddedBroker
 
-    embedded = EmbeddedBroker(host, port)
+    # Before the broker starts: a SIGTERM sent as soon as the banner shows must stop it cleanly.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    embedded = EmbeddedBroker(host, port, binary=obj.settings().broker_bin)
+    code = 0
     try:
         embedded.start()
+        click.echo(f"broker ready: {embedded.url}  (pid {embedded.pid}; Ctrl-C stops it)")
+        click.echo(f"  export SHOPSCORE_BROKER={embedded.url}")
+        code = embedded.wait()
     except ShopscoreError as exc:
         _fail(exc)
-    click.echo(f"broker ready: {embedded.url}  (pid {embedded.pid}; Ctrl-C stops it)")
-    click.echo(f"  export SHOPSCORE_BROKER={embedded.url}")
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        code = embedded.wait()
     except KeyboardInterrupt:
         code = 0
     finally:
@@ -145,31 +154,44 @@ def broker(host: str, port: int) -> None:
     sys.exit(code if code and code > 0 else 0)
 
 
+_FRACTION = click.FloatRange(0.0, 1.0)
+
+
 @cli.command()
-@click.option("--users", type=int, default=1000, show_default=True)
-@click.option("--days", type=float, default=30, show_default=True)
-@click.option("--seed", type=int, default=1, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="FILE.jsonl")
-@click.option("--change-day", type=float, help="Plant a change in behaviour from this day on.")
-@click.option("--bad-fraction", type=float, default=0.0, show_default=True)
-@click.option("--duplicate-fraction", type=float, default=0.0, show_default=True)
+@click.option("--users", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--days", type=click.FloatRange(min=0, min_open=True), default=30,
+              show_default=True)  # fmt: skip
+@click.option("--seed", type=click.IntRange(min=0), default=1, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="FILE.jsonl")  # fmt: skip
+@click.option("--change-day", type=click.FloatRange(min=0),
+              help="Plant a change in behaviour from this day on.")  # fmt: skip
+@click.option("--bad-fraction", type=_FRACTION, default=0.0, show_default=True)
+@click.option("--duplicate-fraction", type=_FRACTION, default=0.0, show_default=True)
 def generate(users, days, seed, out, change_day, bad_fraction, duplicate_fraction) -> None:
-    """Write a synthetic event log (JSONL) and its ground truth (FILE.truth.json)."""
-    from stream.tools.generator import GeneratorConfig, write_log
+    """Write a synthetic event log (NAME.jsonl) and its ground truth (NAME.truth.json)."""
+    from stream.tools.generator import GeneratorConfig, truth_path, write_log
     from stream.tools.progress import StatusLine
 
+    try:
+        config = GeneratorConfig(
+            users=users,
+            days=days,
+            seed=seed,
+            change_day=change_day,
+            bad_fraction=bad_fraction,
+            duplicate_fraction=duplicate_fraction,
+        )
+    except ValueError as exc:
+        _fail(ConfigError(str(exc)))
     status = StatusLine()
-    config = GeneratorConfig(
-        users=users,
-        days=days,
-        seed=seed,
-        change_day=change_day,
-        bad_fraction=bad_fraction,
-        duplicate_fraction=duplicate_fraction,
-    )
-    summary = write_log(
-        config, out, progress=lambda done, total: status.update(f"users {done:,}/{total:,}")
-    )
+    try:
+        summary = write_log(
+            config, out, progress=lambda done, total: status.update(f"users {done:,}/{total:,}")
+        )
+    except OSError as exc:
+        status.close()
+        _fail(ShopscoreError(f"cannot write {out} or {truth_path(out)}: {exc.strerror or exc}"))
     status.close()
     click.echo(json.dumps(summary))
 
@@ -177,7 +199,8 @@ def generate(users, days, seed, out, change_day, bad_fraction, duplicate_fractio
 @cli.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--until", "until", help="Publish events up to T, then advance the clock to T.")
-@click.option("--rate", type=float, help="Events per second (default: as fast as possible).")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True),
+              help="Events per second (default: as fast as possible).")  # fmt: skip
 @click.pass_obj
 def replay(obj: _Context, file: Path, until: str | None, rate: float | None) -> None:
     """Publish a log's events in event-time order, keyed by user_id."""
@@ -192,9 +215,19 @@ def replay(obj: _Context, file: Path, until: str | None, rate: float | None) -> 
             check_clock_time(settings, until_ms)  # before reading a large log, not after
         summary = ReplaySummary()
         events = read_log(file, summary)
+        total = len(events)
+        if not total:
+            why = (
+                f"none of its {summary.skipped:,} lines is a JSON object with a user_id and a type"
+                if summary.skipped
+                else "it is empty"
+            )
+            raise ConfigError(
+                f"{file} holds no event to publish ({why}): expected JSON lines as "
+                "`shopscore generate` writes"
+            )
         if summary.skipped:
             click.echo(f"warning: {summary.skipped} lines are not routable events", err=True)
-        total = len(events)
         status = StatusLine()
         asyncio.run(
             publish(
@@ -224,10 +257,11 @@ def dump(obj: _Context, topic: str, latest_per_key: bool, out: Path | None) -> N
     try:
         settings = obj.settings()
         settings.bootstrap_servers()
+        # Before reading the topic: a bad --out must not cost a full read first.
+        sink = _open_out(out) if out else sys.stdout.buffer
         records = asyncio.run(dump_topic(settings, topic, latest_per_key=latest_per_key))
     except ShopscoreError as exc:
         _fail(exc)
-    sink = open(out, "wb") if out else sys.stdout.buffer  # noqa: SIM115
     try:
         for rec in records:
             sink.write(orjson.dumps(rec) + b"\n")
@@ -363,7 +397,21 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 def main() -> None:
-    cli(prog_name="shopscore")
+    """Run the CLI; usage errors are one line too (click prints a usage block by default)."""
+    try:
+        code = cli.main(prog_name="shopscore", standalone_mode=False)
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx else "shopscore"
+        message = exc.format_message().rstrip(".")
+        click.echo(f"shopscore: error: {message} (see `{where} --help`)", err=True)
+        sys.exit(2)
+    except click.ClickException as exc:
+        click.echo(f"shopscore: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("shopscore: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

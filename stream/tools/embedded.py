@@ -193,7 +193,9 @@ def run_embedded(settings: Settings, demo: DemoOptions, *, out: Any = None) -> d
     summary: dict[str, Any] = {}
     try:
         if settings.broker is None:
-            broker = EmbeddedBroker(log_path=log_dir / "broker.log").start()
+            broker = EmbeddedBroker(
+                binary=settings.broker_bin, log_path=log_dir / "broker.log"
+            ).start()
             settings = settings.with_broker(broker.url)
             print(f"embedded broker  {broker.url}  (memory storage)", file=out, flush=True)
         else:

@@ -16,12 +16,14 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
 
 import faust
 
+from stream.errors import ConfigError
 from stream.kafka.admin import ensure_topics
 from stream.settings import Settings
 from stream.worker.app import create_app
@@ -29,7 +31,7 @@ from stream.worker.broker_watch import install_log_limit
 from stream.worker.gc_pauses import GcPauses, freeze_startup_heap
 from stream.worker.loop import new_event_loop
 
-__all__ = ["EXIT_GRACE_S", "run_worker"]
+__all__ = ["EXIT_GRACE_S", "check_web_port", "run_worker"]
 
 log = logging.getLogger("shopscore.worker")
 
@@ -73,6 +75,20 @@ def _status(code: object) -> int:
     return code if isinstance(code, int) else 1
 
 
+def check_web_port(host: str, port: int) -> None:
+    """Fail with one line when the HTTP port is taken (Faust would print an 80-line traceback
+    after starting everything else)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds it
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve HTTP on {host}:{port} ({exc.strerror or exc}): another process "
+                "(another worker?) holds it; set SHOPSCORE_WEB_PORT or --web-port to a free port"
+            ) from None
+
+
 def run_worker(settings: Settings) -> None:
     """Create the contract topics, then run a worker until SIGINT/SIGTERM.
 
@@ -84,6 +100,7 @@ def run_worker(settings: Settings) -> None:
     when the watchdog gave up on a worker that stayed not ready while the broker answered;
     whatever the path, the process ends at most ``EXIT_GRACE_S`` after Faust has stopped.
     """
+    check_web_port(settings.web_host, settings.web_port)
     loop = new_event_loop(settings.event_loop)
     loop.run_until_complete(ensure_topics(settings))
     shop = create_app(settings)

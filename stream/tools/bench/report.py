@@ -61,10 +61,13 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def _tansu_version() -> str | None:
+def _tansu_version(settings: Settings) -> str | None:
     try:
         out = subprocess.run(
-            [find_broker_binary(), "--version"], capture_output=True, text=True, timeout=10
+            [find_broker_binary(settings.broker_bin), "--version"],
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
     except (OSError, ShopscoreError, subprocess.SubprocessError):
         return None
@@ -92,11 +95,13 @@ def run_bench(
     ok = False
     try:
         if settings.broker is None:
-            broker = EmbeddedBroker(log_path=workdir / "broker.log").start()
+            broker = EmbeddedBroker(
+                binary=settings.broker_bin, log_path=workdir / "broker.log"
+            ).start()
             settings = settings.with_broker(broker.url)
             broker_info: dict[str, Any] = {
                 "kind": "embedded",
-                "name": _tansu_version() or "tansu",
+                "name": _tansu_version(settings) or "tansu",
                 "storage": "memory",
                 "url": broker.url,
             }

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from stream.errors import BrokerError
+from stream.errors import BrokerError, ConfigError
 from stream.tools.broker import EmbeddedBroker, free_port, kafka_ready
 
 
@@ -54,7 +54,7 @@ def test_a_port_already_serving_kafka_is_refused(broker: EmbeddedBroker) -> None
 
 
 def test_bad_binary_override_is_a_clear_error(tmp_path) -> None:
-    with pytest.raises(BrokerError, match="not an executable"):
+    with pytest.raises(ConfigError, match="not an executable"):
         EmbeddedBroker(binary=str(tmp_path / "missing")).start()
 
 
