@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint install install-dev clean
+.PHONY: run test lint install install-dev test-tools clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,12 +20,16 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
+# A real Prometheus and promtool for tests/deploy (Debian's package, when not on PATH).
+test-tools:
+	@scripts/install-test-tools
+
 ## run: the service on its embedded default (broker + worker + demo producer); Ctrl-C stops it
 run: install
 	$(BIN)/shopscore run $(ARGS)
 
-## test: the whole test suite against a real embedded broker
-test: install-dev
+## test: the whole test suite against a real embedded broker (and a real Prometheus)
+test: install-dev test-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install-dev

@@ -40,7 +40,7 @@ def binary(name: str) -> str:
     path = shutil.which(name)
     if path is None:
         pytest.fail(
-            f"`{name}` is not installed: apt-get install prometheus (.ci/run does this)",
+            f"`{name}` is not installed: run scripts/install-test-tools (`make test` does)",
             pytrace=False,
         )
     return path
