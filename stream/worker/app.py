@@ -37,6 +37,7 @@ from stream.worker.broker_watch import install as install_broker_watch
 from stream.worker.faust_sensor import install_faust_sensor
 from stream.worker.metrics import Metrics
 from stream.worker.model_swap import ModelWatcher, publish_model_info
+from stream.worker.quiet_logs import TimerOverlaps
 from stream.worker.tables import (
     CLOCK_CODEC,
     SCORES_CODEC,
@@ -79,6 +80,7 @@ class ShopscoreApp:
         self.started_monotonic = time.monotonic()
         self.app = faust.App(settings.app_id, **faust_app_options(settings))
         self.monitor = install_faust_sensor(self.app, self.metrics, "shopscore_faust")
+        TimerOverlaps(self.metrics.registry).install()
         # The clock travels with the input topics through one agent and the event-time
         # aligner, so a tick at T is handled only after the partition's events up to T.
         self.inputs = self.app.topic(
