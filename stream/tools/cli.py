@@ -31,6 +31,23 @@ class _Context:
     def settings(self, **extra: Any) -> Settings:
         return Settings.from_env(**{**self.overrides, **extra})
 
+    def broker_settings(self) -> Settings:
+        """Settings with a broker: the configured one, else that of a ``shopscore run`` still
+        running from this directory (said on stderr), else the one-line error."""
+        settings = self.settings()
+        if settings.broker is None:
+            from stream.tools.running import running_run
+
+            found = running_run(settings)
+            if found is not None:
+                click.echo(
+                    f"using the broker of `shopscore run` (pid {found['pid']}): {found['broker']}",
+                    err=True,
+                )
+                settings = settings.with_broker(found["broker"])
+        settings.bootstrap_servers()
+        return settings
+
 
 def _fail(exc: ShopscoreError) -> None:
     click.echo(f"shopscore: error: {exc}", err=True)
@@ -209,8 +226,7 @@ def replay(obj: _Context, file: Path, until: str | None, rate: float | None) -> 
 
     until_ms = _parse_time(until)
     try:
-        settings = obj.settings()
-        settings.bootstrap_servers()
+        settings = obj.broker_settings()
         if until_ms is not None:
             check_clock_time(settings, until_ms)  # before reading a large log, not after
         summary = ReplaySummary()
@@ -255,8 +271,7 @@ def dump(obj: _Context, topic: str, latest_per_key: bool, out: Path | None) -> N
     from stream.tools.dump import dump_topic
 
     try:
-        settings = obj.settings()
-        settings.bootstrap_servers()
+        settings = obj.broker_settings()
         # Before reading the topic: a bad --out must not cost a full read first.
         sink = _open_out(out) if out else sys.stdout.buffer
         records = asyncio.run(dump_topic(settings, topic, latest_per_key=latest_per_key))

@@ -28,22 +28,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from stream.errors import ShopscoreError
 from stream.settings import Settings
 from stream.tools.broker import EmbeddedBroker, _die_with_parent, free_port
-from stream.tools.generator import GeneratorConfig, generate_events
+from stream.tools.demo import DemoOptions, demo_events
 from stream.tools.progress import StatusLine
 from stream.tools.replay import ReplaySummary, iter_generated, publish
+from stream.tools.running import forget_running, note_running
 
 __all__ = ["DemoOptions", "WorkerProcess", "read_worker_metrics", "run_embedded"]
-
-
-@dataclass(frozen=True)
-class DemoOptions:
-    users: int = 2000
-    days: float = 30
-    seed: int = 7
-    rate: float | None = 2000.0
-    max_events: int | None = None
-    bad_fraction: float = 0.01
-    duplicate_fraction: float = 0.005
 
 
 @dataclass
@@ -164,12 +154,15 @@ class WorkerProcess:
         self.proc = None
 
 
-def _status(counts: WorkerCounts, produced: int, started: float) -> str:
+def _status(counts: WorkerCounts, sent: int, started: float) -> str:
     elapsed = time.monotonic() - started
+    # lag = what the demo has published and the worker not read yet. The worker's own lag
+    # gauge trails by up to a second and counts the clock topic; this adds up on screen.
+    lag = max(0, sent - int(counts.consumed))
     return (
-        f"{elapsed:6.1f}s  sent {produced:>8,}  in {int(counts.consumed):>8,}  "
+        f"{elapsed:6.1f}s  sent {sent:>9,}  in {int(counts.consumed):>9,}  "
         f"rejected {int(counts.rejected_total):>6,}  dup {int(counts.duplicates):>5,}  "
-        f"out {int(counts.produced):>7,}  lag {int(counts.lag):>6,}  users {int(counts.users):>6,}"
+        f"out {int(counts.produced):>9,}  lag {lag:>6,}  users {int(counts.users):>6,}"
     )
 
 
@@ -198,6 +191,12 @@ def run_embedded(settings: Settings, demo: DemoOptions, *, out: Any = None) -> d
             ).start()
             settings = settings.with_broker(broker.url)
             print(f"embedded broker  {broker.url}  (memory storage)", file=out, flush=True)
+            print(
+                f"                 in another shell: export SHOPSCORE_BROKER={broker.url}  "
+                "(replay and dump find it by themselves from this directory)",
+                file=out,
+                flush=True,
+            )
         else:
             print(f"broker           {settings.broker}", file=out, flush=True)
         if _port_taken(settings.web_host, settings.web_port):
@@ -206,12 +205,15 @@ def run_embedded(settings: Settings, demo: DemoOptions, *, out: Any = None) -> d
             settings = dataclasses.replace(settings, web_port=port)
         worker = WorkerProcess(settings, log_path=log_dir / "worker.log").start()
         print(f"worker           {worker.url}  (log: {worker.log_path})", file=out, flush=True)
+        if broker is not None:
+            note_running(settings, worker.url)
         ready_s = worker.wait_ready()
         print(f"worker ready in {ready_s:.1f}s; streaming demo events", file=out, flush=True)
         summary = asyncio.run(_stream(settings, demo, worker, stop, t0, out))
         summary["startup_to_first_event_s"] = summary.pop("_first_event_s", None)
         summary["interrupted"] = interrupted
     finally:
+        forget_running(settings)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if worker is not None:
@@ -236,16 +238,6 @@ async def _stream(
     out: Any,
 ) -> dict[str, Any]:
     status = StatusLine()
-    config = GeneratorConfig(
-        users=demo.users,
-        days=demo.days,
-        seed=demo.seed,
-        bad_fraction=demo.bad_fraction,
-        duplicate_fraction=demo.duplicate_fraction,
-    )
-    events, _truth = generate_events(config)
-    if demo.max_events is not None:
-        events = events[: demo.max_events]
     replay = ReplaySummary()
     # Signals arrive on the main thread's handler; mirror them into this loop's Event.
     local_stop = asyncio.Event()
@@ -257,7 +249,13 @@ async def _stream(
 
     watcher = asyncio.create_task(watch_stop())
     producer = asyncio.create_task(
-        publish(settings, iter_generated(events), rate=demo.rate, summary=replay, stop=local_stop)
+        publish(
+            settings,
+            iter_generated(demo_events(demo)),
+            rate=demo.rate,
+            summary=replay,
+            stop=local_stop,
+        )
     )
     first_event_s: float | None = None
     counts = WorkerCounts()
