@@ -5,7 +5,7 @@
 []
 >>> problems("scores.churn", {"user_id": "u1", "ts": 1, "trigger": "e1", "models": {},
 ...     "churn_probability": 1.5, "horizon_days": 30})
-['churn_probability 1.5 outside 0..1']
+['models.onnx None does not name the ONNX model version', 'churn_probability 1.5 outside 0..1']
 """
 
 from __future__ import annotations
@@ -23,6 +23,21 @@ def _probability(value: Any) -> bool:
     return _number(value) and 0.0 <= value <= 1.0
 
 
+_TOPICS = ("scores.churn", "scores.interest", "scores.purchase_power", "recs.cart", "offers")
+
+
+def _onnx_versions(topic: str, onnx: Any) -> bool:
+    """Every message names the ONNX version(s) behind it: one string, or for ``offers`` (whose
+    context is the churn and purchase-power scores) ``{"churn": v, "purchase_power": v}``."""
+    if topic == "offers":
+        return (
+            isinstance(onnx, dict)
+            and set(onnx) == {"churn", "purchase_power"}
+            and all(isinstance(v, str) and v for v in onnx.values())
+        )
+    return isinstance(onnx, str) and bool(onnx)
+
+
 def problems(topic: str, value: Any) -> list[str]:
     """What is wrong with ``value`` as a message of ``topic`` (empty when it conforms)."""
     if not isinstance(value, dict):
@@ -34,8 +49,11 @@ def problems(topic: str, value: Any) -> list[str]:
         out.append("ts is not an integer (epoch ms)")
     if not isinstance(value.get("trigger"), str) or not value["trigger"]:
         out.append("trigger missing")
-    if not isinstance(value.get("models"), dict):
+    models = value.get("models")
+    if not isinstance(models, dict):
         out.append("models missing")
+    elif topic in _TOPICS and not _onnx_versions(topic, models.get("onnx")):
+        out.append(f"models.onnx {models.get('onnx')!r} does not name the ONNX model version")
     if topic == "scores.churn":
         if not _probability(value.get("churn_probability")):
             out.append(f"churn_probability {value.get('churn_probability')!r} outside 0..1")

@@ -43,6 +43,7 @@ Nothing here reads a clock: the learner's time is the order in which labels arri
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Mapping, Sequence
 
 from river import base, compose, drift, linear_model, metrics, optim, preprocessing, utils
@@ -175,6 +176,7 @@ class ChurnBlend(base.Base):
         self._auc_onnx = metrics.RollingROCAUC(window_size=window)
         self._loss_blend = utils.Rolling(metrics.LogLoss, window_size=window)
         self._loss_onnx = utils.Rolling(metrics.LogLoss, window_size=window)
+        self._recent: deque[bool] = deque(maxlen=window)  # the labels the rolling AUCs hold
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -225,12 +227,22 @@ class ChurnBlend(base.Base):
 
     def metrics(self) -> dict[str, float]:
         """Rolling (last ``window`` labels) ROC AUC and log-loss of the blend and of ONNX alone,
-        both measured on each label before learning from it (progressive validation)."""
+        both measured on each label before learning from it (progressive validation).
+
+        NaN where there is no figure yet: log-loss before the first label, AUC until the
+        window holds both classes (River's rolling AUC reads 0.0 then, which looks like a
+        broken model on a dashboard).
+        """
+        nan = float("nan")
+        recent = getattr(self, "_recent", None)  # absent in checkpoints from before it was kept
+        positives = sum(recent) if recent else 0
+        ranked = recent is not None and 0 < positives < len(recent)
+        labelled = self._labels > 0
         return {
-            "roc_auc_blend": float(self._auc_blend.get()),
-            "roc_auc_onnx": float(self._auc_onnx.get()),
-            "log_loss_blend": float(self._loss_blend.get()),
-            "log_loss_onnx": float(self._loss_onnx.get()),
+            "roc_auc_blend": float(self._auc_blend.get()) if ranked else nan,
+            "roc_auc_onnx": float(self._auc_onnx.get()) if ranked else nan,
+            "log_loss_blend": float(self._loss_blend.get()) if labelled else nan,
+            "log_loss_onnx": float(self._loss_onnx.get()) if labelled else nan,
         }
 
     # -- learning ----------------------------------------------------------------------------
@@ -247,6 +259,10 @@ class ChurnBlend(base.Base):
 
         self._auc_blend.update(y, p_blend)
         self._auc_onnx.update(y, p_onnx)
+        recent = self.__dict__.get("_recent")
+        if recent is None:
+            recent = self._recent = deque(maxlen=self.window)
+        recent.append(y)
         self._loss_blend.update(y, p_blend)
         self._loss_onnx.update(y, p_onnx)
 

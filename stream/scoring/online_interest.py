@@ -138,6 +138,10 @@ class InterestBlend(base.Base):
     def record_hit(self, ranked: Sequence[str], next_category: str) -> None:
         """Count whether the published top-k (``ranked``) contained the next category."""
         self._hits.update(True, next_category in ranked)
+        self._hits_recorded = getattr(self, "_hits_recorded", 0) + 1
 
     def metrics(self) -> dict[str, float]:
+        """Rolling hit rate of the published top-k; NaN before the first hit is recorded."""
+        if not getattr(self, "_hits_recorded", 0):
+            return {"hit_rate_at_k": float("nan")}
         return {"hit_rate_at_k": float(self._hits.get())}

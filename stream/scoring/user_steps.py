@@ -186,7 +186,11 @@ def score_user(
                 "models": {"onnx": versions["cart_recs"], "online": "cooccurrence"},
             },
         )
-    _offer(config, user, learners, p_churn, spend, vector, head, result)
+    offer_models = {
+        "onnx": {"churn": versions["churn"], "purchase_power": versions["purchase_power"]},
+        "online": "river-linucb",
+    }
+    _offer(config, user, learners, p_churn, spend, vector, {**head, "models": offer_models}, result)
     _learn_cooccurrence(config, user, learners)
 
 
@@ -253,6 +257,8 @@ def _offer(
     head: dict[str, Any],
     result: ScoreResult,
 ) -> None:
+    """``head`` carries ``models``: the ONNX versions behind the context (churn and purchase
+    power) and the bandit."""
     scores = user.scores
     if scores.offer_pending is not None:
         return
@@ -281,7 +287,6 @@ def _offer(
             **head,
             "offer": learners.offers.offer_payload(arm),
             "propensity": round(propensity, 6),
-            "models": {"online": "river-linucb"},
         },
     )
 

@@ -163,6 +163,34 @@ def test_metrics_keys():
     }
 
 
+def test_no_figure_before_there_is_one():
+    # River's rolling AUC reads 0.0 until it holds both classes: a dashboard would show a
+    # broken model. NaN (not exported) until then; log-loss from the first label.
+    model = ChurnBlend(window=4)
+    assert all(math.isnan(v) for v in model.metrics().values())
+    model.learn({"f1": 1.0}, 0.9, True)
+    model.learn({"f1": 1.0}, 0.8, True)
+    m = model.metrics()
+    assert math.isnan(m["roc_auc_blend"]) and math.isnan(m["roc_auc_onnx"])
+    assert m["log_loss_onnx"] > 0
+    model.learn({"f1": 0.0}, 0.1, False)
+    assert model.metrics()["roc_auc_onnx"] == 1.0
+    for _ in range(4):  # the window (4 labels) holds one class again
+        model.learn({"f1": 0.0}, 0.2, False)
+    assert math.isnan(model.metrics()["roc_auc_onnx"])
+
+
+def test_metrics_of_a_checkpoint_from_before_the_label_window():
+    model = ChurnBlend(window=4)
+    for y in (True, False, True):
+        model.learn({"f1": float(y)}, 0.7 if y else 0.2, y)
+    del model.__dict__["_recent"]  # as unpickled from an older checkpoint
+    assert math.isnan(model.metrics()["roc_auc_onnx"])
+    model.learn({"f1": 0.0}, 0.2, False)
+    model.learn({"f1": 1.0}, 0.9, True)
+    assert model.metrics()["roc_auc_onnx"] == 1.0
+
+
 def test_rejects_bad_config():
     with pytest.raises(ValueError):
         ChurnBlend(drift_weight=1.0)

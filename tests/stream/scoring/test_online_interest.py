@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import pickle
 import random
 
@@ -121,7 +122,7 @@ def test_a_label_outside_the_candidates_is_skipped():
 
 def test_hit_rate():
     blend = InterestBlend(window=3)
-    assert blend.metrics() == {"hit_rate_at_k": 0.0}
+    assert math.isnan(blend.metrics()["hit_rate_at_k"])  # no figure before the first hit
     for ranked, nxt in [(["a"], "b"), (["a", "b"], "b"), (["b"], "b"), ([], "b")]:
         blend.record_hit(ranked, nxt)
     assert abs(blend.metrics()["hit_rate_at_k"] - 2 / 3) < 1e-12  # the last 3
