@@ -119,6 +119,7 @@ def export_model(
         "file": f"{name}.onnx",
         "sha256": digest,
         "schema_hash": meta["schema_hash"],
+        "feature_settings": meta.get("feature_settings"),
         "feature_version": meta["feature_version"],
         "feature_names": meta["feature_names"],
         "inputs": specs,

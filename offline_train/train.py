@@ -24,7 +24,7 @@ from offline_train.backend import keras_backend
 from offline_train.dataset import DatasetConfig, TrainingSets, build_training_sets
 from offline_train.evaluate import churn_report, interest_report, purchase_power_report, recs_report
 from offline_train.logs import read_events
-from stream.features import FEATURE_NAMES, FEATURE_VERSION, SCHEMA_HASH
+from stream.features import FEATURE_NAMES, FEATURE_VERSION
 from stream.models.inputs import PAIR_FEATURES, category_bucket
 
 __all__ = ["MODEL_NAMES", "TrainConfig", "train"]
@@ -133,7 +133,8 @@ def _meta(
     split = sets.split
     return {
         "name": name,
-        "schema_hash": SCHEMA_HASH,
+        "schema_hash": config.dataset.features.schema_hash(),
+        "feature_settings": config.dataset.features.settings(),
         "feature_version": FEATURE_VERSION,
         "feature_names": list(FEATURE_NAMES),
         "training_data": {

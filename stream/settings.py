@@ -22,6 +22,7 @@ from stream.features.profile import ProfileConfig
 from stream.features.state import FeatureConfig
 
 if TYPE_CHECKING:
+    from stream.models.registry import TrainedFor
     from stream.scoring.engine import ScoringConfig
 
 __all__ = [
@@ -63,7 +64,9 @@ class Limits:
     max_string: int = 256
     max_payload_bytes: int = 65_536
     max_future_ms: int = 86_400_000
-    min_ts_ms: int = 946_684_800_000  # 2000-01-01T00:00:00Z: older timestamps are corrupt
+    #: 1971-01-01T00:00:00Z. Epoch *seconds* read as milliseconds land in January 1970 (until
+    #: the year 2968), so they are refused with a hint; a real history from the 1990s is not.
+    min_ts_ms: int = 31_536_000_000
 
 
 # (field name, env suffix, parser); the env name is SHOPSCORE_<suffix>.
@@ -301,6 +304,13 @@ class Settings:
             dedup_max_ids=self.dedup_max_ids,
             profile=ProfileConfig(session_gap_ms=self.session_gap_ms),
         )
+
+    def trained_for(self) -> TrainedFor:
+        """What this worker's models must have been trained for: its feature settings and
+        churn horizon (``shopscore train`` builds its data from the same settings)."""
+        from stream.models.registry import TrainedFor
+
+        return TrainedFor(self.feature_config(), self.churn_horizon_ms)
 
     def scoring_config(self) -> ScoringConfig:
         """The scoring engine's knobs (the feature core's included)."""

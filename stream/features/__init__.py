@@ -5,8 +5,9 @@ same functions, so training/serving skew cannot happen (design principle 1).
 """
 
 from stream.features.profile import Profile, ProfileConfig
-from stream.features.schema import FEATURE_NAMES, FEATURE_VERSION, SCHEMA_HASH
+from stream.features.schema import FEATURE_NAMES, FEATURE_VERSION
 from stream.features.state import (
+    SCHEMA_HASH,
     FeatureConfig,
     Outcome,
     UserState,

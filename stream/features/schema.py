@@ -1,14 +1,19 @@
 """The feature vector's names, order and version, declared once and hashed.
 
 A model states the hash of the schema it was trained on; the service refuses a model whose
-hash differs from ``SCHEMA_HASH`` (the features it would be fed mean something else).
+hash differs from its own (the features it would be fed mean something else). The hash covers
+the names, their order, the version and every setting that changes what a feature's value is
+(``FeatureConfig.settings()``: session gap, allowed lateness, duplicate detection), so a model
+trained under other settings is refused with the message to retrain, never used silently.
+``SCHEMA_HASH`` is the hash under the default settings.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 
-__all__ = ["FEATURE_NAMES", "FEATURE_VERSION", "SCHEMA_HASH", "WINDOWS", "schema_hash"]
+__all__ = ["FEATURE_NAMES", "FEATURE_VERSION", "WINDOWS", "schema_hash"]
 
 FEATURE_VERSION = 1
 
@@ -52,10 +57,13 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 
 
-def schema_hash(names: tuple[str, ...] = FEATURE_NAMES, version: int = FEATURE_VERSION) -> str:
-    """A short, stable fingerprint of the feature names, their order and the version."""
-    text = f"v{version}:" + ",".join(names)
+def schema_hash(
+    settings: Mapping[str, int],
+    names: tuple[str, ...] = FEATURE_NAMES,
+    version: int = FEATURE_VERSION,
+) -> str:
+    """A short, stable fingerprint of the feature names, their order, the version and the
+    feature settings (``FeatureConfig.settings()``)."""
+    knobs = ",".join(f"{k}={int(v)}" for k, v in sorted(settings.items()))
+    text = f"v{version}:" + ",".join(names) + ";" + knobs
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-SCHEMA_HASH = schema_hash()

@@ -32,10 +32,11 @@ import orjson
 from stream import strict
 from stream.contract.events import CartChange, Click, Event, Order, OrderLine
 from stream.features.profile import Profile, ProfileConfig
-from stream.features.schema import FEATURE_NAMES, SCHEMA_HASH
+from stream.features.schema import FEATURE_NAMES, schema_hash
 
 __all__ = [
     "MAX_STATE_BYTES",
+    "SCHEMA_HASH",
     "FeatureConfig",
     "Outcome",
     "UserState",
@@ -77,6 +78,27 @@ class FeatureConfig:
     dedup_horizon_ms: int = 86_400_000
     dedup_max_ids: int = 256
     profile: ProfileConfig = field(default_factory=ProfileConfig)
+
+    def settings(self) -> dict[str, int]:
+        """Every knob that changes a feature's value, by the name an operator sets it with
+        (``SHOPSCORE_*``; the two fixed ones by their field names). Training records them in
+        each model's manifest; the worker compares its own with them."""
+        return {
+            "SHOPSCORE_ALLOWED_LATENESS": self.allowed_lateness_ms,
+            "SHOPSCORE_DEDUP_HORIZON": self.dedup_horizon_ms,
+            "SHOPSCORE_DEDUP_MAX_IDS": self.dedup_max_ids,
+            "SHOPSCORE_SESSION_GAP": self.profile.session_gap_ms,
+            "affinity_half_life_ms": self.profile.affinity_half_life_ms,
+            "recent": self.profile.recent,
+        }
+
+    def schema_hash(self) -> str:
+        """The feature schema's hash under these settings (what a model must be trained on)."""
+        return schema_hash(self.settings())
+
+
+#: The feature schema's hash under the default settings (the shipped models' schema).
+SCHEMA_HASH = FeatureConfig().schema_hash()
 
 
 @dataclass(slots=True)
@@ -208,7 +230,7 @@ def describe(state: UserState, at_ms: int | None, config: FeatureConfig) -> dict
     vector = profile.vector(at or 0, config.profile)
     return {
         "event_time": at,
-        "schema": SCHEMA_HASH,
+        "schema": config.schema_hash(),
         "features": dict(zip(FEATURE_NAMES, vector, strict=True)),
         "top_categories": [
             {"category": c, "share": round(p, 6)}

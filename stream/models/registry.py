@@ -3,8 +3,9 @@
 Each model is ``NAME.onnx`` plus ``NAME.json`` (its manifest, written by ``shopscore export``).
 A model is refused, with a ``ModelError`` that says how to retrain, when its manifest is missing
 or unreadable, when the file's sha256 differs from the manifest (a corrupt or swapped file), when
-onnxruntime cannot load it, or when it was trained on another feature schema than
-``stream.features.SCHEMA_HASH`` (it would be fed features that mean something else).
+onnxruntime cannot load it, or when it was trained for something else than the worker will feed
+it and read from it (``TrainedFor``): another feature schema or other feature settings (its
+inputs would mean something else), or, for ``churn``, another churn horizon.
 
 The shipped models live in this package (``stream/models/shipped``) and are found through
 ``importlib.resources``, so an installed wheel finds them too.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from importlib.abc import Traversable
 from pathlib import Path
@@ -25,13 +26,14 @@ import numpy as np
 import onnxruntime as ort
 
 from stream.errors import ModelError
-from stream.features import SCHEMA_HASH
+from stream.features import FEATURE_NAMES, FEATURE_VERSION, FeatureConfig
 
 __all__ = [
     "MANIFEST_FORMAT",
     "MODEL_NAMES",
     "InputSpec",
     "Model",
+    "TrainedFor",
     "load_model",
     "load_models",
     "shipped_dir",
@@ -45,6 +47,63 @@ _RETRAIN = (
     "retrain and re-export: pip install 'shopscore[train]', then "
     "shopscore train --data LOG --out DIR && shopscore export --models DIR --out MODELS_DIR"
 )
+
+
+_DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class TrainedFor:
+    """What a worker feeds its models and reads from them (``Settings.trained_for()``): a
+    model trained for anything else is refused."""
+
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    churn_horizon_ms: int = 30 * _DAY_MS
+
+
+#: Manifests written before the hash covered the feature settings hashed the names alone;
+#: training then always ran with the default settings.
+_NAMES_ONLY_HASH = hashlib.sha256(
+    (f"v{FEATURE_VERSION}:" + ",".join(FEATURE_NAMES)).encode()
+).hexdigest()[:16]
+
+
+def _check_trained_for(name: str, manifest: Mapping[str, Any], expected: TrainedFor) -> None:
+    trained_on = manifest["schema_hash"]
+    ours = expected.features.settings()
+    legacy_default = trained_on == _NAMES_ONLY_HASH and expected.features == FeatureConfig()
+    if trained_on != expected.features.schema_hash() and not legacy_default:
+        theirs = manifest.get("feature_settings")
+        differ = (
+            [
+                f"{key}={theirs.get(key)!r} (this worker: {value!r})"
+                for key, value in ours.items()
+                if theirs.get(key) != value
+            ]
+            if isinstance(theirs, Mapping)
+            else []
+        )
+        if differ:
+            raise ModelError(
+                f"model {name!r} was trained with other feature settings: {'; '.join(differ)} "
+                "(milliseconds): run the worker with the model's values, or retrain with the "
+                f"worker's (`shopscore train` reads the same SHOPSCORE_* variables); {_RETRAIN}"
+            )
+        raise ModelError(
+            f"model {name!r} was trained on feature schema {trained_on}, but this worker "
+            f"computes schema {expected.features.schema_hash()}: its inputs would mean "
+            f"something else; {_RETRAIN}"
+        )
+    if name == "churn":
+        extra = manifest.get("extra")
+        days = extra.get("horizon_days") if isinstance(extra, Mapping) else None
+        if isinstance(days, (int, float)) and round(days * _DAY_MS) != expected.churn_horizon_ms:
+            raise ModelError(
+                f"model 'churn' predicts churn within {days:g} days, but SHOPSCORE_CHURN_HORIZON "
+                f"is {expected.churn_horizon_ms / _DAY_MS:g} days: set SHOPSCORE_CHURN_HORIZON="
+                f"{days:g}d, or retrain with the worker's horizon (`shopscore train` reads it); "
+                f"{_RETRAIN}"
+            )
 
 
 def shipped_dir() -> Traversable:
@@ -142,12 +201,17 @@ def _read(source: Traversable | Path, what: str) -> bytes:
 
 
 def load_model(
-    name: str, directory: Traversable | Path | str | None = None, *, threads: int = 1
+    name: str,
+    directory: Traversable | Path | str | None = None,
+    *,
+    threads: int = 1,
+    trained_for: TrainedFor | None = None,
 ) -> Model:
     """Load ``NAME.onnx`` checked against ``NAME.json`` (default: the shipped models).
 
     ``threads`` is onnxruntime's intra-op thread count: 1 suits a worker that scores small
-    micro-batches on a shared machine.
+    micro-batches on a shared machine. ``trained_for``: what the model must have been trained
+    for (default: the default settings).
     """
     root: Traversable | Path = (
         shipped_dir() if directory is None else Path(directory)
@@ -158,16 +222,13 @@ def load_model(
         manifest = json.loads(raw)
         if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
             raise ValueError(f"not a format-{MANIFEST_FORMAT} manifest")
-        trained_on = manifest["schema_hash"]
+        if not isinstance(manifest["schema_hash"], str):
+            raise ValueError("schema_hash is not a string")
         expected_sha = manifest["sha256"]
         file_name = manifest.get("file", f"{name}.onnx")
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"model {name!r}: unreadable manifest ({exc}); {_RETRAIN}") from None
-    if trained_on != SCHEMA_HASH:
-        raise ModelError(
-            f"model {name!r} was trained on feature schema {trained_on}, but this shopscore "
-            f"computes schema {SCHEMA_HASH}: its inputs would mean something else; {_RETRAIN}"
-        )
+    _check_trained_for(name, manifest, trained_for or TrainedFor())
     blob = _read(root / file_name, f"model {name!r}")
     if hashlib.sha256(blob).hexdigest() != expected_sha:
         raise ModelError(
@@ -203,6 +264,10 @@ def load_models(
     names: Iterable[str] = MODEL_NAMES,
     *,
     threads: int = 1,
+    trained_for: TrainedFor | None = None,
 ) -> dict[str, Model]:
     """Every model of ``names`` (default: all the service scores with), each checked."""
-    return {name: load_model(name, directory, threads=threads) for name in names}
+    return {
+        name: load_model(name, directory, threads=threads, trained_for=trained_for)
+        for name in names
+    }

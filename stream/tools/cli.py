@@ -295,20 +295,27 @@ def dump(obj: _Context, topic: str, latest_per_key: bool, out: Path | None) -> N
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--models", "names", default="churn,purchase_power,interest,cart_recs",
               show_default=True, help="Comma-separated models to train.")  # fmt: skip
-@click.option("--epochs", type=int, default=25, show_default=True, help="At most (early stop).")
-@click.option("--churn-horizon-days", type=float, default=30.0, show_default=True)
-@click.option("--threads", type=int, default=2, show_default=True, help="TensorFlow threads.")
+@click.option("--epochs", type=click.IntRange(min=1), default=25, show_default=True,
+              help="At most (early stop).")  # fmt: skip
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
+              help="TensorFlow threads.")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True)
-def train(log: Path, out: Path, names: str, epochs: int, churn_horizon_days: float,
-          threads: int, seed: int) -> None:  # fmt: skip
+@click.pass_obj
+def train(obj: _Context, log: Path, out: Path, names: str, epochs: int, threads: int,
+          seed: int) -> None:  # fmt: skip
     """Train the Keras models from an event log and evaluate them on its later period.
 
-    Needs the train extra (pip install 'shopscore[train]'). Progress goes to stderr; the
-    held-out metrics next to their baselines are printed as JSON and written beside each model.
+    Features are computed with the worker's settings (SHOPSCORE_SESSION_GAP,
+    SHOPSCORE_ALLOWED_LATENESS, SHOPSCORE_DEDUP_*), churn is labelled over
+    SHOPSCORE_CHURN_HORIZON; each manifest records them, and a worker running other values
+    refuses the models. Needs the train extra (pip install 'shopscore[train]'). Progress goes
+    to stderr; the held-out metrics next to their baselines are printed as JSON and written
+    beside each model.
     """
     from offline_train.backend import keras_backend
 
     try:
+        settings = obj.settings()
         keras_backend(threads, seed)  # fail fast, before reading a large log
         from offline_train.dataset import DatasetConfig
         from offline_train.train import MODEL_NAMES, TrainConfig
@@ -319,7 +326,11 @@ def train(log: Path, out: Path, names: str, epochs: int, churn_horizon_days: flo
         if unknown:
             raise ConfigError(f"unknown model(s) {unknown}; choose from {list(MODEL_NAMES)}")
         config = TrainConfig(
-            dataset=DatasetConfig(churn_horizon_days=churn_horizon_days, seed=seed),
+            dataset=DatasetConfig(
+                churn_horizon_days=settings.churn_horizon_ms / 86_400_000,
+                seed=seed,
+                features=settings.feature_config(),
+            ),
             epochs=epochs,
             threads=threads,
             seed=seed,

@@ -4,12 +4,13 @@ swapped in between two batches, or refused as a whole while the old models keep 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from pathlib import Path
 from typing import Any
 
 from stream.errors import ModelError
-from stream.models.registry import MODEL_NAMES, Model, load_models
+from stream.models.registry import MODEL_NAMES, Model, TrainedFor, load_models
 from stream.worker.metrics import Metrics
 
 __all__ = ["ModelWatcher", "publish_model_info", "swap_models"]
@@ -25,8 +26,9 @@ class ModelWatcher:
     mismatched set is refused as a whole and the old models keep serving.
     """
 
-    def __init__(self, directory: Path | None) -> None:
+    def __init__(self, directory: Path | None, trained_for: TrainedFor | None = None) -> None:
         self.directory = directory
+        self.trained_for = trained_for
         self._fingerprint = self._read_fingerprint()
 
     def _read_fingerprint(self) -> bytes | None:
@@ -62,7 +64,9 @@ async def swap_models(
         return False
     loop = asyncio.get_running_loop()
     try:
-        models: dict[str, Model] = await loop.run_in_executor(None, load_models, watcher.directory)
+        models: dict[str, Model] = await loop.run_in_executor(
+            None, functools.partial(load_models, watcher.directory, trained_for=watcher.trained_for)
+        )
     except ModelError as exc:
         metrics.model_rejected.inc()
         log.error("refusing the new models, the current ones keep serving: %s", exc)

@@ -15,11 +15,15 @@ import pytest
 from click.testing import CliRunner
 
 from exporters.onnx_export import TOLERANCE, _parity
-from stream.errors import ExportError
+from stream.errors import ExportError, ModelError
 from stream.features import SCHEMA_HASH
 from stream.models.registry import MODEL_NAMES, load_models
+from stream.settings import Settings
 from stream.tools.cli import cli
 from stream.tools.generator import GeneratorConfig, write_log
+
+#: What a worker run with the training's settings expects.
+TRAINED_FOR = Settings.from_env({"SHOPSCORE_SESSION_GAP": "20m"}).trained_for()
 
 METRICS = {
     "churn": {"auc", "precision", "recall", "f1", "brier"},
@@ -35,8 +39,12 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     log = root / "log.jsonl"
     write_log(GeneratorConfig(users=300, days=85, seed=4), log)
     runner = CliRunner()
+    # Trained under a non-default feature setting: the manifests must carry it (one config
+    # for training and serving).
     trained = runner.invoke(
-        cli, ["train", "--data", str(log), "--out", str(root / "trained"), "--epochs", "2"]
+        cli,
+        ["train", "--data", str(log), "--out", str(root / "trained"), "--epochs", "2"],
+        env={"SHOPSCORE_SESSION_GAP": "20m"},
     )
     assert trained.exit_code == 0, trained.output
     exported = runner.invoke(
@@ -80,7 +88,8 @@ def test_export_writes_manifests_that_pass_parity(pipeline) -> None:
     for name in MODEL_NAMES:
         manifest = json.loads((pipeline["onnx"] / f"{name}.json").read_text())
         assert manifest["name"] == name and manifest["version"].startswith(name + "-")
-        assert manifest["schema_hash"] == SCHEMA_HASH
+        assert manifest["schema_hash"] == TRAINED_FOR.features.schema_hash() != SCHEMA_HASH
+        assert manifest["feature_settings"]["SHOPSCORE_SESSION_GAP"] == 1_200_000
         assert manifest["parity"]["rows"] > 0
         assert manifest["parity"]["batch_vs_single_rows"] > 0
         assert manifest["parity"]["max_abs_diff"] <= TOLERANCE * 1000  # spend is in currency
@@ -92,8 +101,13 @@ def test_export_writes_manifests_that_pass_parity(pipeline) -> None:
             assert spec["shape"][0] is None and spec["dtype"] in ("float32", "int32")
 
 
+def test_a_worker_under_other_settings_refuses_the_models(pipeline) -> None:
+    with pytest.raises(ModelError, match="SHOPSCORE_SESSION_GAP=1200000"):
+        load_models(pipeline["onnx"])  # the default session gap: 30 minutes
+
+
 def test_exported_models_load_and_batch_equals_singles(pipeline) -> None:
-    models = load_models(pipeline["onnx"])
+    models = load_models(pipeline["onnx"], trained_for=TRAINED_FOR)
     for name, model in models.items():
         with np.load(pipeline["trained"] / name / "heldout.npz") as npz:
             feed = {k: npz[k][:20] for k in npz.files}

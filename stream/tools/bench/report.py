@@ -77,7 +77,8 @@ def _tansu_version(settings: Settings) -> str | None:
 def _model_versions(settings: Settings) -> dict[str, str]:
     from stream.models.registry import load_models
 
-    return {name: m.version for name, m in load_models(settings.model_dir).items()}
+    models = load_models(settings.model_dir, trained_for=settings.trained_for())
+    return {name: m.version for name, m in models.items()}
 
 
 def run_bench(

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from stream.contract.events import UNKNOWN_CATEGORY, CartChange, Click, Event, Order, OrderLine
 from stream.models.popularity import ItemPopularity
+from stream.settings import Limits
 
 T0 = 1_767_225_600_000
 DAY = 86_400_000
@@ -92,14 +93,14 @@ def test_unknown_never_replaces_a_known_category_and_a_real_one_replaces_unknown
 
 def test_decades_of_event_time_rebase_instead_of_overflowing_and_forget_dead_items():
     pop = ItemPopularity()
-    year_2000 = 946_684_800_000  # the oldest valid ts (Limits.min_ts_ms)
-    pop.observe(_add("old", "books", year_2000))
-    pop.observe(_add("new", "books", year_2000 + 26 * YEAR))  # OverflowError before the fix
+    oldest = Limits().min_ts_ms  # the oldest valid ts (1971)
+    pop.observe(_add("old", "books", oldest))
+    pop.observe(_add("new", "books", oldest + 56 * YEAR))  # OverflowError before the fix
     assert pop.score("new") == 1.0
-    assert pop.score("old") == 0.0  # 1,356 half-lives: forgotten
+    assert pop.score("old") == 0.0  # thousands of half-lives: forgotten
     assert pop.top(5) == ["new"] and pop.top(5, category="books") == ["new"]
     assert pop.category_total("books") == 1.0
-    pop.observe(_add("old", "books", year_2000))  # far older than the scale: counts nothing
+    pop.observe(_add("old", "books", oldest))  # far older than the scale: counts nothing
     assert pop.top(5) == ["new"]
 
 

@@ -13,7 +13,14 @@ import pytest
 
 from stream.contract.events import CartChange, Click, Order, OrderLine
 from stream.errors import ModelError
-from stream.features import SCHEMA_HASH, FeatureConfig, UserState, apply_event, feature_vector
+from stream.features import (
+    SCHEMA_HASH,
+    FeatureConfig,
+    ProfileConfig,
+    UserState,
+    apply_event,
+    feature_vector,
+)
 from stream.features.state import current_profile
 from stream.models import MODEL_NAMES, load_model, load_models, shipped_dir
 from stream.models.inputs import (
@@ -25,6 +32,7 @@ from stream.models.inputs import (
     rank_categories,
 )
 from stream.models.popularity import ItemPopularity
+from stream.settings import Settings
 
 T0 = 1_767_225_600_000
 
@@ -128,6 +136,66 @@ def test_mismatched_schema_hash_is_refused_with_how_to_retrain(copied: Path) -> 
     message = str(info.value)
     assert "0123456789abcdef" in message and SCHEMA_HASH in message
     assert "shopscore train" in message and "shopscore export" in message
+
+
+def _trained_with(copied: Path, name: str, config: FeatureConfig) -> None:
+    manifest = json.loads((copied / f"{name}.json").read_text())
+    manifest["schema_hash"] = config.schema_hash()
+    manifest["feature_settings"] = config.settings()
+    (copied / f"{name}.json").write_text(json.dumps(manifest))
+
+
+def test_a_model_trained_under_other_feature_settings_is_refused_naming_them(copied) -> None:
+    shorter_sessions = FeatureConfig(profile=ProfileConfig(session_gap_ms=600_000))
+    _trained_with(copied, "interest", shorter_sessions)
+    with pytest.raises(ModelError) as info:
+        load_model("interest", copied)
+    message = str(info.value)
+    assert "SHOPSCORE_SESSION_GAP=600000 (this worker: 1800000)" in message
+    assert "SHOPSCORE_ALLOWED_LATENESS" not in message and "shopscore train" in message
+    worker = Settings.from_env({"SHOPSCORE_SESSION_GAP": "10m"})
+    assert load_model("interest", copied, trained_for=worker.trained_for()).name == "interest"
+
+
+def test_every_feature_setting_changes_the_schema_hash() -> None:
+    default = FeatureConfig()
+    changed = [
+        FeatureConfig(allowed_lateness_ms=1),
+        FeatureConfig(dedup_horizon_ms=1),
+        FeatureConfig(dedup_max_ids=1),
+        FeatureConfig(profile=ProfileConfig(session_gap_ms=1)),
+        FeatureConfig(profile=ProfileConfig(affinity_half_life_ms=1)),
+        FeatureConfig(profile=ProfileConfig(recent=1)),
+    ]
+    hashes = {c.schema_hash() for c in changed}
+    assert len(hashes) == len(changed) and default.schema_hash() not in hashes
+    assert default.schema_hash() == SCHEMA_HASH
+
+
+def test_a_manifest_from_before_settings_were_hashed_counts_as_default_settings(copied) -> None:
+    import hashlib
+
+    from stream.features import FEATURE_NAMES, FEATURE_VERSION
+
+    manifest = json.loads((copied / "churn.json").read_text())
+    manifest["schema_hash"] = hashlib.sha256(
+        (f"v{FEATURE_VERSION}:" + ",".join(FEATURE_NAMES)).encode()
+    ).hexdigest()[:16]
+    del manifest["feature_settings"]
+    (copied / "churn.json").write_text(json.dumps(manifest))
+    assert load_model("churn", copied).name == "churn"  # trained, as then, with the defaults
+    other = Settings.from_env({"SHOPSCORE_ALLOWED_LATENESS": "2h"}).trained_for()
+    with pytest.raises(ModelError, match="feature schema"):
+        load_model("churn", copied, trained_for=other)
+
+
+def test_a_churn_model_for_another_horizon_is_refused(copied: Path) -> None:
+    quarter = Settings.from_env({"SHOPSCORE_CHURN_HORIZON": "90d"}).trained_for()
+    with pytest.raises(ModelError) as info:
+        load_model("churn", copied, trained_for=quarter)
+    message = str(info.value)
+    assert "within 30 days" in message and "SHOPSCORE_CHURN_HORIZON=30d" in message
+    assert load_model("purchase_power", copied, trained_for=quarter).name == "purchase_power"
 
 
 def test_corrupt_model_file_is_refused(copied: Path) -> None:
