@@ -57,6 +57,11 @@ def test_run_max_events_exits_zero_with_every_event_accounted_for(tmp_path) -> N
     # duplicate of an earlier one (only the planted 0.5% duplicates are).
     assert not {"late", "misrouted", "conflicting_duplicate"} & set(summary["rejected"])
     assert summary["duplicates"] <= 0.02 * 3000
+    # A normal demo leaves nothing in the worker log that asks for an operator: no warning,
+    # no error (busy timers and full producer buffers are counted in metrics instead).
+    log = (tmp_path / "d" / "worker.log").read_text()
+    loud = [line for line in log.splitlines() if "[WARNING]" in line or "[ERROR]" in line]
+    assert not loud, loud[:5]
 
 
 @pytest.mark.broker
