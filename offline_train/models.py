@@ -100,7 +100,7 @@ def build_interest(x_train: np.ndarray) -> tuple[Any, Any]:
     recent categories is what the strong last-category baseline does; learning by how much to
     trust each position and rank in context is how the model beats it, and it carries over to
     categories never seen in training. A GRU variant scored the same within 0.001 but trained
-    1.7 times slower on the same data (README, "Models").
+    1.7 times slower on the same data (docs/models.md, "Models").
     """
     sequence = keras.Input((SEQ_LEN,), dtype="int32", name="categories")
     features = _features_input()

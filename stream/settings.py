@@ -56,7 +56,8 @@ def parse_duration_ms(text: str | float | int) -> int:
 
 @dataclass(frozen=True)
 class Limits:
-    """Bounds beyond which a value is absurd rather than merely large; see README, "Cleaning rules"."""
+    """Bounds beyond which a value is absurd rather than merely large; see docs/contracts.md,
+    "Cleaning rules"."""
 
     max_price: float = 100_000.0
     max_quantity: int = 1_000
@@ -191,7 +192,8 @@ def _float(text: str) -> float:
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything a shopscore process needs to know; field docs are in the README's table.
+    """Everything a shopscore process needs to know; field docs are in docs/configuration.md
+    (the Kafka security ones in docs/operating.md, "docker-compose").
 
     Times are milliseconds, except ``batch_within_s`` which Faust takes in seconds.
     """

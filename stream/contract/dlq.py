@@ -5,7 +5,7 @@ dead-letter message holds is bounded: a DLQ message that the producer refuses (o
 ``max_request_size``, 1,000,000 bytes in Faust) would crash the worker on it, again after every
 restart. ``dlq_message`` builds the bytes actually sent, and guarantees their size.
 
-Bounds (README, "Dead-letter records"):
+Bounds (docs/contracts.md, "Dead-letter records"):
 
 * the Kafka key of the DLQ message: the rejected message's key cut at ``MAX_KEY_BYTES``;
 * ``raw``: the payload cut at ``MAX_RAW_BYTES``; ``key``: the key as above;

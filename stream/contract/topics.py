@@ -7,7 +7,7 @@ from stream.contract.events import INPUT_TOPICS
 __all__ = ["ALL_TOPICS", "CLOCK", "DLQ", "INPUT_TOPICS", "OUTPUT_TOPICS"]
 
 DLQ = "events.dlq"
-#: Control topic: ``{"ts": T}`` advances event time for idle users (design notes, "Clock").
+#: Control topic: ``{"ts": T}`` advances event time for idle users (docs/contracts.md, "Clock").
 CLOCK = "clock"
 OUTPUT_TOPICS: tuple[str, ...] = (
     "scores.interest",

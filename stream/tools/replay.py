@@ -213,8 +213,9 @@ async def publish_clock(settings: Settings, ts_ms: int) -> None:
 
 
 def check_clock_time(settings: Settings, ts_ms: int, now_ms: int | None = None) -> None:
-    """Refuse, up front, a clock time the workers would dead-letter (README, "Clock"): before
-    ``min_ts_ms`` or more than ``max_future_ms`` ahead of now. A ``ConfigError``: one line."""
+    """Refuse, up front, a clock time the workers would dead-letter (docs/contracts.md,
+    "Clock"): before ``min_ts_ms`` or more than ``max_future_ms`` ahead of now. A
+    ``ConfigError``: one line."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     try:
         decode_clock(orjson.dumps({"ts": ts_ms}), now_ms=now_ms, limits=settings.limits)

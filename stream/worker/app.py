@@ -96,7 +96,7 @@ class ShopscoreApp:
         self.clock = self._codec_table(
             "clock",
             CLOCK_CODEC,
-            "Latest event time announced on each clock partition (design notes, Clock).",
+            "Latest event time announced on each clock partition (docs/contracts.md, Clock).",
             check_clock(settings.limits, lambda: int(time.time() * 1000)),
         )
         # Scoring state beside the features (``stream.scoring.state``): per user, and the

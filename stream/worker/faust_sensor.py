@@ -2,10 +2,10 @@
 
 Faust's ``PrometheusMonitor`` resolves a labelled child (``.labels(topic=...)``: label
 validation, a lock, a dict lookup) several times for every message it sees, and once per
-table read and write: 5–8% of the worker's time in a backlog (py-spy, ``README``,
-"Benchmarks"). The metrics and their names stay Faust's; this monitor resolves each child once
-and keeps it. Table writes made a batch at a time (``stream.kafka.changelog``) are counted a
-batch at a time (``count_table_writes``).
+table read and write: 5–8% of the worker's time in a backlog (py-spy,
+``docs/benchmarks.md``, "Benchmarks"). The metrics and their names stay Faust's; this monitor
+resolves each child once and keeps it. Table writes made a batch at a time
+(``stream.kafka.changelog``) are counted a batch at a time (``count_table_writes``).
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ the ONNX model wrappers and the River learners as much as the users' states. Mea
 during the latency bench: full collections of 90–127 ms a few times in 15 s, which were the
 latency maxima. ``gc.freeze()`` once the app is built moves what exists then (imports, models,
 Faust's services) to the permanent generation, which collections skip: the same collections
-took 14–16 ms (``README``, "Benchmarks"). Nothing frozen is leaked that would otherwise be
-freed: objects built at start-up live as long as the process.
+took 14–16 ms (``docs/benchmarks.md``, "Benchmarks"). Nothing frozen is leaked that would
+otherwise be freed: objects built at start-up live as long as the process.
 
 ``GcPauses`` reports every collection's duration in ``shopscore_gc_pause_seconds``, so an
 operator sees when the users' state itself makes collections long.

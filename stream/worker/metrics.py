@@ -243,7 +243,8 @@ class Metrics:
         self.online_metric = Gauge(
             "shopscore_online_metric",
             "Rolling quality of a model measured on labels the stream revealed later, per model "
-            "and metric (auc, hit_rate, ...; ratios in 0..1).",
+            "and metric (churn: roc_auc_blend, roc_auc_onnx, log_loss_blend, log_loss_onnx, "
+            "weight_online; interest: hit_rate_at_k).",
             ["model", "metric"],
             registry=r,
         )

@@ -61,8 +61,8 @@ def wait_lag_zero(worker_counts: Any, wait: Any) -> Callable[..., None]:
 def _produce(settings: Settings, messages: Iterable[tuple[Any, ...]]) -> int:
     """Publish (contract topic, key, raw value[, event time]) in order, as fast as the broker
     takes them. Like ``shopscore replay``, an event time more than half the allowed lateness
-    past the last barrier first waits for everything sent before it (README, "Known
-    limitations": a running worker must not see one partition hours ahead of another)."""
+    past the last barrier first waits for everything sent before it (docs/benchmarks.md,
+    "Known limitations": a running worker must not see one partition hours ahead of another)."""
     step = settings.allowed_lateness_ms // 2
 
     async def send() -> int:

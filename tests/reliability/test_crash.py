@@ -26,8 +26,8 @@ def test_five_kill_9s_lose_no_event_and_every_user_has_scores(
 
     t0 = time.monotonic()
     # The whole log is published first, at full speed: the worker is killed while it works
-    # through the backlog, where cross-topic alignment is exact (README, "Known limitations":
-    # a worker that keeps pace with a time-compressed replay may see late events).
+    # through the backlog, where cross-topic alignment is exact (docs/benchmarks.md, "Known
+    # limitations": a worker that keeps pace with a time-compressed replay may see late events).
     published = helpers.replay_cli(settings, log)
     assert published == total
     worker = start_worker(settings, name="worker-0")

@@ -1,4 +1,4 @@
-"""Each cleaning rule of the README's "Cleaning rules" table, one case at a time."""
+"""Each cleaning rule of the "Cleaning rules" table (docs/contracts.md), one case at a time."""
 
 from __future__ import annotations
 

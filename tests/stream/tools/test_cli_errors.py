@@ -119,7 +119,7 @@ def test_the_embedded_broker_with_a_missing_binary() -> None:
 
 
 def test_min_ts_takes_a_date(tmp_path: Path) -> None:
-    # The README writes the default as a date; the variable takes that form.
+    # docs/configuration.md writes the default as a date; the variable takes that form.
     result = shopscore(
         "generate", "--users", "2", "--days", "1", "--out", str(tmp_path / "x.jsonl"),
         env={"SHOPSCORE_MIN_TS": "1990-01-01"},

@@ -41,7 +41,7 @@ def test_restarted_worker_recovers_every_users_state(
     expected, _ = helpers.offline_views(log, int(time.time() * 1000))
     first = start_worker(settings, name="first")
     # Replay at full speed: the worker is killed while it works through a backlog, the case
-    # where cross-topic alignment is exact (see README, "Known limitations").
+    # where cross-topic alignment is exact (see docs/benchmarks.md, "Known limitations").
     replay = subprocess.Popen(
         [sys.executable, "-m", "stream", "replay", str(log)],
         env=settings.env(),
