@@ -9,12 +9,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# setuptools tells every editable install to beware of folders named like the package
+# ("InformationOnly"): nothing to act on, so it is filtered out of the first install's output.
+QUIET_SETUPTOOLS := PYTHONWARNINGS="ignore:Editable installation"
+
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+	$(QUIET_SETUPTOOLS) $(BIN)/pip install --quiet -e .
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev,train]'
+	$(QUIET_SETUPTOOLS) $(BIN)/pip install --quiet -e '.[dev,train]'
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
