@@ -117,6 +117,11 @@ class UserState:
     seen: dict[str, dict[str, tuple[int, int | None]]] = field(default_factory=dict)
     #: ``base`` with ``tail`` applied; derived, rebuilt on demand, never serialized.
     view: Profile | None = None
+    #: ``(n, base with tail[:n] applied)``, kept a few events behind the tail's end while the
+    #: view is: an event that arrives slightly out of order (another topic's, a few ms older,
+    #: the common case in live traffic) rebuilds the view from here, not from ``base`` through
+    #: the whole last hour. Derived, never serialized.
+    mark: tuple[int, Profile] | None = None
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, UserState):
@@ -183,9 +188,11 @@ def apply_event(state: UserState, event: Event, config: FeatureConfig) -> Outcom
         tail.append(event)
         if state.view is not None:
             state.view.apply(event, config.profile)  # in order: extend the view
+            _keep_mark_behind(state, config)
     else:
-        bisect.insort(tail, event, key=_key)
-        state.view = None  # out of order: rebuild from base on the next read
+        index = bisect.bisect_right(tail, key, key=_key)
+        tail.insert(index, event)
+        _rebuild_from_mark(state, index, config)  # out of order: from the mark, or later
     if state.max_ts is None or event.ts > state.max_ts:
         state.max_ts = event.ts
     cutoff = state.max_ts - lateness
@@ -195,7 +202,42 @@ def apply_event(state: UserState, event: Event, config: FeatureConfig) -> Outcom
         folded += 1
     if folded:
         del tail[:folded]
+        mark = state.mark
+        # base + tail[:n] is now (base + the folded events) + tail[:n - folded].
+        state.mark = (mark[0] - folded, mark[1]) if mark and mark[0] >= folded else None
     return Outcome.APPLIED
+
+
+#: How many of the newest tail events the mark stays behind (at most twice this, before it
+#: catches up): an event out of order by fewer events costs at most ``2 * _MARK_LAG + 1``
+#: applications instead of the whole tail's.
+_MARK_LAG = 8
+
+
+def _keep_mark_behind(state: UserState, config: FeatureConfig) -> None:
+    mark = state.mark
+    if mark is None:
+        return
+    n, profile = mark
+    target = len(state.tail) - _MARK_LAG
+    if target - n >= _MARK_LAG:
+        for event in state.tail[n:target]:
+            profile.apply(event, config.profile)
+        state.mark = (target, profile)
+
+
+def _rebuild_from_mark(state: UserState, index: int, config: FeatureConfig) -> None:
+    """The view after an event was inserted at ``index``: rebuilt from the mark when the
+    insert is after it (the mark's events are unchanged), else left to ``current_profile``."""
+    mark = state.mark
+    if mark is None or index < mark[0]:
+        state.view = state.mark = None
+        return
+    n, profile = mark
+    view = profile.copy()
+    for event in state.tail[n:]:
+        view.apply(event, config.profile)
+    state.view = view
 
 
 def _pruned(
@@ -209,10 +251,17 @@ def _pruned(
 
 
 def current_profile(state: UserState, config: FeatureConfig) -> Profile:
-    """``base`` with the tail applied (cached on the state until an out-of-order event)."""
+    """``base`` with the tail applied (cached on the state, extended by in-order events; an
+    out-of-order one rebuilds it from the mark when it can). A rebuild here sets the mark
+    ``_MARK_LAG`` events behind the tail's end."""
     if state.view is None:
+        tail = state.tail
+        at = len(tail) - _MARK_LAG
         view = state.base.copy()
-        for event in state.tail:
+        state.mark = None
+        for i, event in enumerate(tail):
+            if i == at:
+                state.mark = (i, view.copy())
             view.apply(event, config.profile)
         state.view = view
     return state.view
