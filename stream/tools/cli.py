@@ -180,7 +180,7 @@ _FRACTION = click.FloatRange(0.0, 1.0)
               show_default=True)  # fmt: skip
 @click.option("--seed", type=click.IntRange(min=0), default=1, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="FILE.jsonl")  # fmt: skip
+              help="NAME.jsonl; the truth file goes beside it as NAME.truth.json")  # fmt: skip
 @click.option("--change-day", type=click.FloatRange(min=0),
               help="Plant a change in behaviour from this day on.")  # fmt: skip
 @click.option("--bad-fraction", type=_FRACTION, default=0.0, show_default=True)
