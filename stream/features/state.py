@@ -192,7 +192,11 @@ def apply_event(state: UserState, event: Event, config: FeatureConfig) -> Outcom
     else:
         index = bisect.bisect_right(tail, key, key=_key)
         tail.insert(index, event)
-        _rebuild_from_mark(state, index, config)  # out of order: from the mark, or later
+        # Out of order: the view is rebuilt on the next read, from the mark when the insert
+        # is after it (the mark's events are unchanged), else from base.
+        state.view = None
+        if state.mark is not None and index < state.mark[0]:
+            state.mark = None
     if state.max_ts is None or event.ts > state.max_ts:
         state.max_ts = event.ts
     cutoff = state.max_ts - lateness
@@ -209,8 +213,8 @@ def apply_event(state: UserState, event: Event, config: FeatureConfig) -> Outcom
 
 
 #: How many of the newest tail events the mark stays behind (at most twice this, before it
-#: catches up): an event out of order by fewer events costs at most ``2 * _MARK_LAG + 1``
-#: applications instead of the whole tail's.
+#: catches up): a rebuild after an event out of order by fewer events costs at most
+#: ``2 * _MARK_LAG + 1`` applications instead of the whole tail's.
 _MARK_LAG = 8
 
 
@@ -226,20 +230,6 @@ def _keep_mark_behind(state: UserState, config: FeatureConfig) -> None:
         state.mark = (target, profile)
 
 
-def _rebuild_from_mark(state: UserState, index: int, config: FeatureConfig) -> None:
-    """The view after an event was inserted at ``index``: rebuilt from the mark when the
-    insert is after it (the mark's events are unchanged), else left to ``current_profile``."""
-    mark = state.mark
-    if mark is None or index < mark[0]:
-        state.view = state.mark = None
-        return
-    n, profile = mark
-    view = profile.copy()
-    for event in state.tail[n:]:
-        view.apply(event, config.profile)
-    state.view = view
-
-
 def _pruned(
     seen: dict[str, tuple[int, int | None]], config: FeatureConfig
 ) -> dict[str, tuple[int, int | None]]:
@@ -251,18 +241,24 @@ def _pruned(
 
 
 def current_profile(state: UserState, config: FeatureConfig) -> Profile:
-    """``base`` with the tail applied (cached on the state, extended by in-order events; an
-    out-of-order one rebuilds it from the mark when it can). A rebuild here sets the mark
-    ``_MARK_LAG`` events behind the tail's end."""
+    """``base`` with the tail applied (cached on the state, extended by in-order events). After
+    an out-of-order event it is rebuilt from the mark when there is one, else from ``base``;
+    the rebuild moves the mark (or sets it) ``_MARK_LAG`` events behind the tail's end."""
     if state.view is None:
-        tail = state.tail
+        tail, profile = state.tail, config.profile
+        n, marked = state.mark if state.mark is not None else (0, None)
         at = len(tail) - _MARK_LAG
-        view = state.base.copy()
-        state.mark = None
-        for i, event in enumerate(tail):
-            if i == at:
-                state.mark = (i, view.copy())
-            view.apply(event, config.profile)
+        if at > n:
+            if marked is None:
+                marked = state.base.copy()
+            for event in tail[n:at]:
+                marked.apply(event, profile)
+            n = at
+        if marked is not None:
+            state.mark = (n, marked)
+        view = (state.base if marked is None else marked).copy()
+        for event in tail[n:]:
+            view.apply(event, profile)
         state.view = view
     return state.view
 

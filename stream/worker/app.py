@@ -123,10 +123,11 @@ class ShopscoreApp:
         }
         #: Writes each batch's table writes, their changelogs as record batches.
         self.changelog = ChangelogWriter(self._tables)
-        self.models = ModelWatcher(settings.model_dir, settings.trained_for())
+        trained_for = settings.trained_for()
+        self.models = ModelWatcher(settings.model_dir, trained_for)
         self.pipeline = Pipeline(
             PipelineConfig.from_settings(settings),
-            load_models(settings.model_dir, trained_for=settings.trained_for()),
+            load_models(settings.model_dir, trained_for=trained_for),
             Stores(self.users, self.scores, self.learners, self.clock),
             infer=self._infer,
         )
