@@ -209,6 +209,13 @@ def parse_ts(value: Any) -> int:
 
 def _ident(obj: Mapping[str, Any], name: str, limits: Limits) -> str:
     value = obj.get(name)
+    if (
+        type(value) is str
+        and value.isascii()
+        and 0 < len(value) <= limits.max_string
+        and not value.isspace()
+    ):
+        return value  # the common case, settled without the checks below
     if value is None:
         raise Rejected("missing_field", f"{name!r} is required")
     if isinstance(value, bool) or not isinstance(value, (str, int)):

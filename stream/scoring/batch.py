@@ -19,6 +19,7 @@ from stream.scoring.user_scores import UserScores
 __all__ = [
     "DAY_MS",
     "OUTPUT_TOPICS",
+    "Cart",
     "Inferred",
     "Prepared",
     "ScoreFailure",
@@ -81,6 +82,16 @@ class ScoreFailure:
     committed: bool = False
 
 
+@dataclass(frozen=True)
+class Cart:
+    """A user's cart to recommend for: the model's candidates, and the co-occurrence weights
+    of the cart's neighbours (``CoOccurrence.neighbour_weights``) the ranking blends in, read
+    once when the batch is prepared."""
+
+    candidates: Candidates
+    neighbours: dict[str, float]
+
+
 @dataclass
 class Prepared:
     users: list[UserInput]
@@ -90,8 +101,8 @@ class Prepared:
     features: np.ndarray
     vectors: list[list[float]]
     sequences: np.ndarray | None = None
-    #: (index of user, candidates) for users who added to their cart in this batch.
-    carts: list[tuple[int, Candidates]] = field(default_factory=list)
+    #: (index of user, cart) for users who added to their cart in this batch.
+    carts: list[tuple[int, Cart]] = field(default_factory=list)
     #: Users left out of ``users`` because preparing (or inferring) them raised.
     failed: list[ScoreFailure] = field(default_factory=list)
 

@@ -97,6 +97,7 @@ class CoOccurrence(base.Base):
         self._pop: dict[str, float] = {}  # item -> scaled popularity
         self._nb: dict[str, dict[str, float]] = {}  # item -> neighbour -> scaled weight
         self._top: dict[str, float] = {}  # the top_size most popular items (scaled)
+        self._loser: str | None = None  # the leaderboard's weakest item, when known
 
     # -- scale -------------------------------------------------------------------------------
 
@@ -171,14 +172,22 @@ class CoOccurrence(base.Base):
 
     def _offer_top(self, item: str, value: float) -> None:
         """Keep ``_top`` = the ``top_size`` most popular items. Scaled popularity only grows,
-        so an item that is not in the leaderboard can only enter it when it is updated."""
-        if item in self._top or len(self._top) < self.top_size:
-            self._top[item] = value
+        so an item that is not in the leaderboard can only enter it when it is updated; the
+        weakest item is remembered until it changes (a scan of the board per update cost more
+        than the rest of the update)."""
+        top = self._top
+        if item in top or len(top) < self.top_size:
+            if item not in top or item == self._loser:
+                self._loser = None
+            top[item] = value
             return
-        loser = min(self._top.items(), key=lambda kv: (kv[1], kv[0]))
-        if (value, item) > (loser[1], loser[0]):
-            del self._top[loser[0]]
-            self._top[item] = value
+        loser = self._loser
+        if loser is None or loser not in top:
+            loser = self._loser = min(top.items(), key=lambda kv: (kv[1], kv[0]))[0]
+        if (value, item) > (top[loser], loser):
+            del top[loser]
+            top[item] = value
+            self._loser = None
 
     def _evict(self, item: str) -> None:
         del self._last[item]
@@ -209,6 +218,23 @@ class CoOccurrence(base.Base):
         decay = self._decay_to(now_ms)
         return [(item, score * decay) for item, score in best]
 
+    def neighbour_weights(
+        self, cart: Sequence[str], *, now_ms: int, available_within_ms: int = 30 * _DAY_MS
+    ) -> dict[str, float]:
+        """Every available neighbour of ``cart``'s items (never a cart item) with its summed
+        weight, *not* decayed to ``now_ms``: all weights share one scale, so ratios and order
+        need no decay (``candidates`` decays what it returns)."""
+        in_cart = set(cart)
+        scores: dict[str, float] = {}
+        get = scores.get
+        for item in dict.fromkeys(cart):
+            for neighbour, weight in self._nb.get(item, {}).items():
+                if neighbour not in in_cart:
+                    scores[neighbour] = get(neighbour, 0.0) + weight
+        oldest = now_ms - available_within_ms
+        last = self._last
+        return {i: s for i, s in scores.items() if last.get(i, oldest - 1) >= oldest}
+
     def candidates(
         self,
         cart: Sequence[str],
@@ -217,22 +243,21 @@ class CoOccurrence(base.Base):
         now_ms: int,
         exclude: Collection[str],
         available_within_ms: int = 30 * _DAY_MS,
+        weights: dict[str, float] | None = None,
     ) -> list[tuple[str, float]]:
         """Up to ``k`` items to add to ``cart``, by summed decayed co-occurrence with the cart's
         items; never an item in the cart, in ``exclude``, or unseen for ``available_within_ms``
-        before ``now_ms`` (our proxy for unavailable). Scores are decayed to ``now_ms``."""
+        before ``now_ms`` (our proxy for unavailable). Scores are decayed to ``now_ms``.
+        ``weights``: ``neighbour_weights`` of the same cart and time, when already computed."""
         if k <= 0:
             return []
-        in_cart = set(cart)
-        scores: dict[str, float] = {}
-        for item in dict.fromkeys(cart):
-            for neighbour, weight in self._nb.get(item, {}).items():
-                if neighbour not in in_cart and neighbour not in exclude:
-                    scores[neighbour] = scores.get(neighbour, 0.0) + weight
-        available = (
-            (i, s) for i, s in scores.items() if self._available(i, now_ms, available_within_ms)
-        )
-        return self._top_k(available, k, now_ms)
+        if weights is None:
+            weights = self.neighbour_weights(
+                cart, now_ms=now_ms, available_within_ms=available_within_ms
+            )
+        if exclude:
+            return self._top_k(((i, s) for i, s in weights.items() if i not in exclude), k, now_ms)
+        return self._top_k(weights.items(), k, now_ms)
 
     def popular(
         self,

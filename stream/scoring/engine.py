@@ -45,7 +45,6 @@ from stream.features.schema import FEATURE_NAMES
 from stream.features.state import current_profile
 from stream.models.inputs import (
     SEQ_LEN,
-    Candidates,
     cart_candidates,
     category_sequence,
     feature_matrix,
@@ -54,6 +53,7 @@ from stream.models.registry import Model
 from stream.scoring.batch import (
     DAY_MS,
     OUTPUT_TOPICS,
+    Cart,
     Inferred,
     Prepared,
     ScoreFailure,
@@ -105,7 +105,7 @@ class Scorer:
         kept: list[UserInput] = []
         vectors: list[list[float]] = []
         sequences: list[list[int]] = []
-        carts: list[tuple[int, Candidates]] = []
+        carts: list[tuple[int, Cart]] = []
         failed: list[ScoreFailure] = []
         for user in users:
             try:
@@ -137,22 +137,22 @@ class Scorer:
             prepared.carts = carts
         return prepared
 
-    def _cart(self, user: UserInput, profile: Profile, learners: Learners) -> Candidates | None:
-        """Candidates for the user's cart when they added to it in this batch."""
+    def _cart(self, user: UserInput, profile: Profile, learners: Learners) -> Cart | None:
+        """The user's cart with its candidates, when they added to it in this batch."""
         if not any(isinstance(e, CartChange) and e.action == "add" for e in user.events):
             return None
         if not profile.cart:
             return None
-        extra = learners.cooccurrence.candidates(
-            sorted(profile.cart),
-            self.config.recs_k * 2,
-            now_ms=user.at_ms,
-            exclude=set(profile.cart),
+        cart = sorted(profile.cart)
+        cooccurrence = learners.cooccurrence
+        neighbours = cooccurrence.neighbour_weights(cart, now_ms=user.at_ms)
+        extra = cooccurrence.candidates(
+            cart, self.config.recs_k * 2, now_ms=user.at_ms, exclude=(), weights=neighbours
         )
         candidates = cart_candidates(
             profile, learners.popularity, user.at_ms, extra_items=[item for item, _w in extra]
         )
-        return candidates if candidates.items else None
+        return Cart(candidates, neighbours) if candidates.items else None
 
     # -- step 2 (thread-safe: onnxruntime only) -------------------------------------------
 
@@ -169,7 +169,7 @@ class Scorer:
             feed = _feed(interest, features=features, sequence=prepared.sequences)
             out.interest = timer.run("interest", interest.predict, feed)
             if prepared.carts:
-                rows = [c.inputs() for _i, c in prepared.carts]
+                rows = [c.candidates.inputs() for _i, c in prepared.carts]
                 recs = {name: np.concatenate([r[name] for r in rows]) for name in rows[0]}
                 out.recs = timer.run("cart_recs", models["cart_recs"].predict, recs)
         out.seconds = timer.seconds
@@ -207,10 +207,10 @@ class Scorer:
         result = ScoreResult(failed=list(prepared.failed))
         versions = {name: model.version for name, model in prepared.models.items()}
         recs_offset = 0
-        recs_rows: dict[int, tuple[Candidates, int, int]] = {}
-        for index, candidates in prepared.carts:
-            stop = recs_offset + len(candidates.items)
-            recs_rows[index] = (candidates, recs_offset, stop)
+        recs_rows: dict[int, tuple[Cart, int, int]] = {}
+        for index, cart in prepared.carts:
+            stop = recs_offset + len(cart.candidates.items)
+            recs_rows[index] = (cart, recs_offset, stop)
             recs_offset = stop
         for index, user in enumerate(prepared.users):
             try:
@@ -221,8 +221,8 @@ class Scorer:
             result.partitions.add(user.partition)
             recs = None
             if index in recs_rows and inferred.recs is not None:
-                candidates, start, stop = recs_rows[index]
-                recs = (candidates, inferred.recs[start:stop])
+                cart, start, stop = recs_rows[index]
+                recs = (cart, inferred.recs[start:stop])
             self._finish_user(index, user, learners, prepared, inferred, recs, versions, result)
         return result
 
@@ -233,7 +233,7 @@ class Scorer:
         learners: Learners,
         prepared: Prepared,
         inferred: Inferred,
-        recs: tuple[Candidates, np.ndarray] | None,
+        recs: tuple[Cart, np.ndarray] | None,
         versions: dict[str, str],
         result: ScoreResult,
     ) -> None:

@@ -56,6 +56,7 @@ __all__ = [
     "PendingInterest",
     "PendingOffer",
     "add_churn_prediction",
+    "churn_prediction_wanted",
     "resolve_churn",
     "resolve_interest",
     "resolve_offer",
@@ -104,6 +105,14 @@ def _normalise(pending: list[Any]) -> None:
             pending[i] = PendingChurn.from_list(entry)
 
 
+def churn_prediction_wanted(pending: list[Any], ts: int, *, every_ms: int = DAY_MS) -> bool:
+    """Whether ``add_churn_prediction`` would keep a prediction at ``ts``: none is pending in
+    its period yet (so the caller builds the stored input only then)."""
+    _normalise(pending)
+    period = ts // every_ms
+    return not any(entry.ts // every_ms == period for entry in pending)
+
+
 def add_churn_prediction(
     pending: list[Any],
     ts: int,
@@ -116,9 +125,7 @@ def add_churn_prediction(
     """Keep the prediction if it is the first in its ``every_ms`` period of event time, in ts
     order, dropping the oldest beyond ``max_pending``. ``pending`` is changed in place (plain
     ``[ts, x, p_onnx]`` entries become ``PendingChurn``); ``x`` is copied."""
-    _normalise(pending)
-    period = ts // every_ms
-    if any(entry.ts // every_ms == period for entry in pending):
+    if not churn_prediction_wanted(pending, ts, every_ms=every_ms):
         return
     entry = PendingChurn(int(ts), _copy(x), float(p_onnx))
     at = bisect.bisect_right([e.ts for e in pending], entry.ts)

@@ -17,13 +17,22 @@ import numpy as np
 from stream.contract.events import CartChange, Click, Event, Order
 from stream.features.schema import FEATURE_NAMES
 from stream.features.state import current_profile
-from stream.models.inputs import Candidates, category_bucket
-from stream.scoring.batch import DAY_MS, Inferred, Prepared, ScoreResult, ScoringConfig, UserInput
+from stream.models.inputs import category_bucket
+from stream.scoring.batch import (
+    DAY_MS,
+    Cart,
+    Inferred,
+    Prepared,
+    ScoreResult,
+    ScoringConfig,
+    UserInput,
+)
 from stream.scoring.churn_input import churn_inputs
 from stream.scoring.pending import (
     PendingInterest,
     PendingOffer,
     add_churn_prediction,
+    churn_prediction_wanted,
     resolve_churn,
     resolve_interest,
     resolve_offer,
@@ -107,7 +116,7 @@ def score_user(
     learners: Learners,
     prepared: Prepared,
     inferred: Inferred,
-    recs: tuple[Candidates, np.ndarray] | None,
+    recs: tuple[Cart, np.ndarray] | None,
     versions: dict[str, str],
     result: ScoreResult,
 ) -> None:
@@ -118,18 +127,21 @@ def score_user(
     p_onnx = float(inferred.churn[index])
     x = churn_inputs(vector, p_onnx)
     p_churn = learners.churn.predict(x, p_onnx)
-    pending_before = len(scores.churn_pending)
-    add_churn_prediction(
-        scores.churn_pending,
-        user.at_ms,
-        [round(v, 4) for v in vector],
-        p_onnx,
-        every_ms=config.churn_label_every_ms,
-        max_pending=config.churn_horizon_ms // config.churn_label_every_ms + 1,
-    )
-    if len(scores.churn_pending) > pending_before:
-        due = user.at_ms + config.churn_horizon_ms
-        result.due.append((user.partition, due, user.user_id))
+    if churn_prediction_wanted(
+        scores.churn_pending, user.at_ms, every_ms=config.churn_label_every_ms
+    ):
+        pending_before = len(scores.churn_pending)
+        add_churn_prediction(
+            scores.churn_pending,
+            user.at_ms,
+            [round(v, 4) for v in vector],
+            p_onnx,
+            every_ms=config.churn_label_every_ms,
+            max_pending=config.churn_horizon_ms // config.churn_label_every_ms + 1,
+        )
+        if len(scores.churn_pending) > pending_before:
+            due = user.at_ms + config.churn_horizon_ms
+            result.due.append((user.partition, due, user.user_id))
     online_version = f"river-churn-p{user.partition}-n{learners.churn.labels_seen}"
     head = {"user_id": user.user_id, "ts": user.at_ms, "trigger": user.trigger}
     churn_msg = {
@@ -174,8 +186,8 @@ def score_user(
         },
     )
     if recs is not None:
-        candidates, model_scores = recs
-        items = _rank_recs(config, candidates, model_scores, user, learners)
+        cart, model_scores = recs
+        items = _rank_recs(config, cart, model_scores)
         _emit(
             result,
             scores,
@@ -224,24 +236,16 @@ def _interest(
 
 
 def _rank_recs(
-    config: ScoringConfig,
-    candidates: Candidates,
-    model_scores: np.ndarray,
-    user: UserInput,
-    learners: Learners,
+    config: ScoringConfig, cart: Cart, model_scores: np.ndarray
 ) -> list[tuple[str, float]]:
-    profile = current_profile(user.state, config.features)
-    cooc = dict(
-        learners.cooccurrence.candidates(
-            sorted(profile.cart), len(candidates.items), now_ms=user.at_ms, exclude=set()
-        )
-    )
+    """The model's score of each candidate blended with its co-occurrence weight relative to
+    the cart's strongest neighbour."""
+    cooc = cart.neighbours
     top = max(cooc.values(), default=0.0) or 1.0
     w = config.recs_model_weight
     scored = [
         (item, w * float(s) + (1 - w) * cooc.get(item, 0.0) / top)
-        for item, s in zip(candidates.items, model_scores, strict=True)
-        if item not in profile.cart
+        for item, s in zip(cart.candidates.items, model_scores, strict=True)
     ]
     scored.sort(key=lambda kv: (-kv[1], kv[0]))
     return scored[: config.recs_k]

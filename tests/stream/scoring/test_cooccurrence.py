@@ -167,3 +167,15 @@ def test_bounds_hold_and_state_round_trips(stream):
     for cart in (["i0"], ["i1", "i2"]):
         for item, score in co.candidates(cart, 10, now_ms=now, exclude={"i3"}):
             assert item not in cart and item != "i3" and score > 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(baskets)
+def test_the_leaderboard_holds_the_most_popular_items(stream):
+    """The board remembers its weakest item between updates; it must still be exactly the
+    ``top_size`` most popular items (ties by name) whatever the order of updates."""
+    co = CoOccurrence(top_size=4)
+    for basket, ts, incremental in sorted(stream, key=lambda b: b[1]):
+        co.update(basket, ts, added=basket[-1:] if incremental else None)
+        ranked = sorted(((v, i) for i, v in co._pop.items() if v > 0), reverse=True)
+        assert set(co._top) == {i for _v, i in ranked[:4]}
