@@ -9,7 +9,8 @@ Apache Kafka the two agree and the correction changes nothing.
 
 Message delivery. Faust races each fetched message's delivery to the streams against a
 rebalance with three futures and a task; ``_Consumer._drain_messages`` delivers with a plain
-``await`` unless the flow is already suspended (see there).
+``await`` unless the flow is already suspended, and waits for room in a full stream buffer
+once per half buffer instead of once per message (see there).
 
 Flush before commit. Faust flushes its producer before committing consumer offsets, but its
 buffer's flush gives up after 0.1 s without a message sent and does not count the message its
@@ -178,8 +179,9 @@ class _Consumer(faust_aiokafka.Consumer):
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover
         """Faust's loop that hands fetched messages to the streams (faust-streaming 0.15.3,
-        ``faust.transport.consumer.Consumer._drain_messages``), with one change: a message is
-        delivered with a plain ``await`` while the flow is not suspended.
+        ``faust.transport.consumer.Consumer._drain_messages``), with two changes: a message is
+        delivered with a plain ``await`` while the flow is not suspended, and a full stream
+        buffer is waited on until it is half empty before delivering into it.
 
         Faust races every delivery against ``suspend_flow`` with ``Service.wait_first``: three
         futures, a task and ``asyncio.wait`` per message, 31 µs measured here, about 40% of the
@@ -188,6 +190,12 @@ class _Consumer(faust_aiokafka.Consumer):
         still race it. A delivery that blocks before the flow is suspended completes when the
         streams drain their buffers, which they do during a rebalance too (skipping stale
         messages, as Faust does with messages its race let through).
+
+        Under a backlog the stream buffer (``stream_buffer_maxsize``) is full whenever a batch
+        is being processed, and Faust's conductor then hands over every message with a task
+        and ``asyncio.wait`` as soon as one slot frees: 5-6% of the worker's main thread at
+        saturation, measured. Waiting here until the buffer is half empty lets the next half
+        buffer of messages take the conductor's ``put_nowait`` path.
         """
         callback = self.callback
         getmany = self.getmany
@@ -201,6 +209,8 @@ class _Consumer(faust_aiokafka.Consumer):
         commit_every = self._commit_every
         acks_enabled_for = self.app.topics.acks_enabled_for
         yield_every = 100
+        # The conductor's channels (stream buffers) per partition: Faust keeps no public map.
+        channels_of = self.app.topics._tp_index.get
         num_since_yield = 0
         sleep = asyncio.sleep
         try:
@@ -226,6 +236,9 @@ class _Consumer(faust_aiokafka.Consumer):
                             if suspended():
                                 await self.wait_first(callback(message), self.suspend_flow.wait())
                             else:
+                                for channel in channels_of(tp, ()):
+                                    if channel.queue.full():
+                                        await self._wait_for_room(channel.queue)
                                 await callback(message)
                             set_read_offset(tp, offset)
                     unset_flag(CONSUMER_FETCHING)
@@ -244,6 +257,14 @@ class _Consumer(faust_aiokafka.Consumer):
             raise
         finally:
             unset_flag(CONSUMER_FETCHING)
+
+    async def _wait_for_room(self, queue: asyncio.Queue[Any], poll_s: float = 0.002) -> None:
+        """Until ``queue`` is at most half full (or the flow is suspended, or the consumer
+        stops): polled, as the streams drain it in batches."""
+        low = queue.maxsize // 2
+        suspended = self.suspend_flow.is_set
+        while queue.qsize() > low and not (suspended() or self.should_stop):
+            await asyncio.sleep(poll_s)
 
 
 class _Producer(faust_aiokafka.Producer):

@@ -29,6 +29,7 @@ from stream.kafka.compat import install as install_kafka_compat
 from stream.kafka.consumer import InputFeed
 from stream.kafka.intake import EventBatches
 from stream.kafka.options import faust_app_options
+from stream.kafka.raw_schema import RawSchema
 from stream.models.registry import load_models
 from stream.pipeline import InputRecord, Pipeline, PipelineConfig, Stores
 from stream.scoring.state import UserScores
@@ -84,7 +85,7 @@ class ShopscoreApp:
         # The clock travels with the input topics through one agent and the event-time
         # aligner, so a tick at T is handled only after the partition's events up to T.
         self.inputs = self.app.topic(
-            *(settings.topic(t) for t in INPUT_TOPICS), settings.topic(CLOCK)
+            *(settings.topic(t) for t in INPUT_TOPICS), settings.topic(CLOCK), schema=RawSchema()
         )
         self.users = self._codec_table(
             "users",
