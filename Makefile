@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint install install-dev test-tools clean
+.PHONY: run test lint install install-dev test-tools kafka-jars clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,12 +28,16 @@ install-dev: $(VENV)/.installed-dev
 test-tools:
 	@scripts/install-test-tools
 
+# Apache Kafka's jars (Maven Central, cached in .shopscore/kafka) for the tests on Kafka
+kafka-jars: install-dev
+	@$(BIN)/python -m stream.tools.apache_kafka
+
 ## run: the service on its embedded default (broker + worker + demo producer); Ctrl-C stops it
 run: install
 	$(BIN)/shopscore run $(ARGS)
 
-## test: the whole test suite against a real embedded broker (and a real Prometheus)
-test: install-dev test-tools
+## test: the whole test suite against real brokers (embedded, and Apache Kafka) and Prometheus
+test: install-dev test-tools kafka-jars
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install-dev

@@ -1,8 +1,11 @@
-"""Shared fixtures: one real Kafka-protocol broker per test session, and per-test isolation.
+"""Shared fixtures: real brokers started once per test session, and per-test isolation.
 
-The broker is the embedded Tansu broker that ``shopscore run`` uses. If it cannot start, the
-session fails loudly: skipping would hide a broken install. Each test gets its own topic prefix,
-consumer group (app id), web port and data directory, so tests never see each other's data.
+The broker is the embedded Tansu broker that ``shopscore run`` uses; a test marked
+``both_brokers`` runs a second time on Apache Kafka (``stream.tools.apache_kafka``: the compose
+file's version and server settings, from the official jars), its ``settings`` pointing there.
+If a broker cannot start, the session fails loudly: skipping would hide a broken install. Each
+test gets its own topic prefix, consumer group (app id), web port and data directory, so tests
+never see each other's data.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 import pytest
 
 from stream.settings import Settings
+from stream.tools.apache_kafka import ApacheKafka
 from stream.tools.broker import EmbeddedBroker, free_port
 from stream.tools.dump import dump_topic
 from stream.tools.embedded import WorkerProcess, read_worker_metrics
@@ -39,19 +43,51 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
     embedded.stop()
 
 
+#: The brokers a ``both_brokers`` test runs on (ids of its ``settings`` parameter).
+BROKER_KINDS = ("embedded", "kafka")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "settings" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "both_brokers"
+    ):
+        metafunc.parametrize("settings", BROKER_KINDS, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKafka]:
+    """One Apache Kafka node for the session (jars cached under ``.shopscore/kafka``)."""
+    node = ApacheKafka(tmp_path_factory.mktemp("kafka"))
+    try:
+        node.start()
+    except Exception as exc:  # fail, never skip: see module docstring
+        pytest.fail(f"Apache Kafka failed to start: {exc}", pytrace=False)
+    yield node
+    node.stop()
+
+
 @pytest.fixture
-def settings(broker: EmbeddedBroker, tmp_path: Path) -> Settings:
-    """Settings isolated to this test: unique topics, group, port and data dir."""
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Settings isolated to this test: unique topics, group, port and data dir; on the embedded
+    broker unless the test is parametrized with ``kafka`` (``both_brokers``)."""
+    kind = getattr(request, "param", "embedded")
     tag = f"t{os.getpid()}x{next(_counter)}x{uuid.uuid4().hex[:6]}"
+    if kind == "kafka":
+        url = request.getfixturevalue("kafka").url
+        # Kafka refuses sessions under group.min.session.timeout.ms (6 s); compose's values.
+        timings = {"session_timeout_ms": 10_000, "rebalance_timeout_ms": 10_000}
+    else:
+        url = request.getfixturevalue("broker").url
+        timings = {"rebalance_timeout_ms": 2_000}
     return Settings(
-        broker=broker.url,
+        broker=url,
         app_id=f"shopscore-{tag}",
         topic_prefix=f"{tag}.",
         partitions=4,
         web_port=free_port(),
         data_dir=tmp_path / "data",
         log_level="info",
-        rebalance_timeout_ms=2_000,
+        **timings,
     )
 
 

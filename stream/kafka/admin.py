@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from stream.contract.topics import ALL_TOPICS, CLOCK, DLQ, INPUT_TOPICS, OUTPUT_TOPICS
-from stream.errors import BrokerError
+from stream.errors import BrokerError, ConfigError
 from stream.kafka.probe import kafka_ready
 from stream.settings import Settings
 
@@ -20,8 +22,13 @@ __all__ = [
     "INPUT_TOPICS",
     "OUTPUT_TOPICS",
     "check_reachable",
+    "check_session_timeout",
     "ensure_topics",
 ]
+
+log = logging.getLogger("shopscore")
+
+_SESSION_BOUNDS = ("group.min.session.timeout.ms", "group.max.session.timeout.ms")
 
 
 
@@ -71,3 +78,46 @@ async def ensure_topics(settings: Settings, names: tuple[str, ...] = ALL_TOPICS)
         raise BrokerError(f"could not create topics on {settings.broker}: {exc}") from exc
     finally:
         await admin.close()
+
+
+async def check_session_timeout(settings: Settings) -> None:
+    """Fail fast when the broker would refuse the consumer group's session timeout.
+
+    Apache Kafka answers a join with a session timeout outside ``group.min.session.timeout.ms``
+    .. ``group.max.session.timeout.ms`` (6 s .. 30 min by default) with a fatal
+    ``InvalidSessionTimeoutError``, after which a Faust worker waits forever, never ready. The
+    bounds are asked of the broker (DescribeConfigs); a broker that does not answer it (the
+    embedded one, or missing rights) is not checked.
+    """
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers(),
+        client_id="shopscore-admin",
+        **settings.kafka_client_options(),
+    )
+    try:
+        await admin.start()
+        node = next(iter(admin._client.cluster.brokers())).nodeId
+        wanted = dict.fromkeys(_SESSION_BOUNDS)
+        (response,) = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.BROKER, str(node), wanted)]
+        )
+        bounds = {
+            entry[0]: int(entry[1])
+            for _error, _message, _type, _name, entries in response.resources
+            for entry in entries
+            if entry[0] in wanted and entry[1] is not None
+        }
+    except Exception as exc:  # an unanswered check is no verdict
+        log.debug("session timeout bounds not checked: %r", exc)
+        return
+    finally:
+        await admin.close()
+    low, high = (bounds.get(name) for name in _SESSION_BOUNDS)
+    timeout = settings.session_timeout_ms
+    if (low is not None and timeout < low) or (high is not None and timeout > high):
+        raise ConfigError(
+            f"SHOPSCORE_SESSION_TIMEOUT={timeout / 1000:g}s is outside what {settings.broker} "
+            f"accepts ({_SESSION_BOUNDS[0]}={low}, {_SESSION_BOUNDS[1]}={high}): set "
+            "SHOPSCORE_SESSION_TIMEOUT and SHOPSCORE_REBALANCE_TIMEOUT within it (10s works on "
+            "a default Apache Kafka)"
+        )

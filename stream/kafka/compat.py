@@ -34,7 +34,7 @@ from faust.exceptions import ProducerSendError
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-__all__ = ["first_offsets", "install", "true_end_offsets"]
+__all__ = ["first_offsets", "install", "topic_partitions", "true_end_offsets"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,21 @@ async def true_end_offsets(
     return await asyncio.get_running_loop().run_in_executor(
         None, lambda: asyncio.run(_probe(servers, dict(listed), timeout, security))
     )
+
+
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    """The partitions of ``topic`` (empty when it does not exist), asked of the broker.
+
+    A consumer without a subscription knows only the topics its bootstrap metadata named: the
+    embedded broker names every topic there, Apache Kafka none. ``consumer.topics()`` fetches
+    every topic's metadata but does not keep it, so ``partitions_for_topic`` stays ``None``
+    after it on Kafka; the partitions are read from the metadata it fetched instead.
+    """
+    known = consumer.partitions_for_topic(topic)
+    if known:
+        return set(known)
+    cluster = await consumer._client.fetch_all_metadata()
+    return set(cluster.partitions_for_topic(topic) or ())
 
 
 def _connection(consumer: AIOKafkaConsumer) -> tuple[str, dict[str, Any]]:

@@ -17,6 +17,7 @@ from aiokafka.errors import KafkaError
 
 from stream.errors import BrokerError
 from stream.kafka.admin import check_reachable
+from stream.kafka.compat import topic_partitions
 from stream.settings import Settings
 
 __all__ = ["decode_value", "dump_topic", "read_topic"]
@@ -49,10 +50,7 @@ async def read_topic(settings: Settings, topic: str) -> AsyncIterator[dict[str, 
     )
     try:
         await consumer.start()
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions is None:
-            await consumer.topics()  # force a metadata refresh
-            partitions = consumer.partitions_for_topic(topic)
+        partitions = await topic_partitions(consumer, topic)
         if not partitions:
             raise BrokerError(f"topic {topic!r} does not exist on {settings.broker}")
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]

@@ -24,7 +24,7 @@ import time
 import faust
 
 from stream.errors import ConfigError
-from stream.kafka.admin import ensure_topics
+from stream.kafka.admin import check_session_timeout, ensure_topics
 from stream.settings import Settings
 from stream.worker.app import create_app
 from stream.worker.broker_watch import install_log_limit
@@ -103,6 +103,7 @@ def run_worker(settings: Settings) -> None:
     check_web_port(settings.web_host, settings.web_port)
     loop = new_event_loop(settings.event_loop)
     loop.run_until_complete(ensure_topics(settings))
+    loop.run_until_complete(check_session_timeout(settings))
     shop = create_app(settings)
     watch = shop.broker_watch
     watch.on_stall = exit_process

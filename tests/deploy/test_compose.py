@@ -204,3 +204,24 @@ def test_the_image_installs_the_runtime_only() -> None:
     assert 'ENTRYPOINT ["shopscore"]' in dockerfile and 'CMD ["worker"]' in dockerfile
     ignored = (REPO / ".dockerignore").read_text().split()
     assert {".git", ".venv"} <= set(ignored)
+
+
+def test_the_tests_apache_kafka_runs_compose_s_version_and_server_settings(
+    compose: dict[str, Any],
+) -> None:
+    """The suite's Apache Kafka (``stream.tools.apache_kafka``) is what compose deploys: the
+    same version and every ``KAFKA_*`` server setting, listeners and log dirs aside."""
+    from stream.tools.apache_kafka import CLUSTER_ID, KAFKA_VERSION, SERVER_SETTINGS
+
+    kafka = compose["services"]["kafka"]
+    assert kafka["image"] == f"apache/kafka:{KAFKA_VERSION}"
+    env = environment(kafka)
+    own = {"LISTENERS", "ADVERTISED_LISTENERS", "LISTENER_SECURITY_PROTOCOL_MAP", "LOG_DIRS"}
+    own.add("CONTROLLER_QUORUM_VOTERS")
+    deployed = {
+        key.removeprefix("KAFKA_").lower().replace("_", "."): value
+        for key, value in env.items()
+        if key.startswith("KAFKA_") and key.removeprefix("KAFKA_") not in own
+    }
+    assert deployed == SERVER_SETTINGS
+    assert env["CLUSTER_ID"] == CLUSTER_ID

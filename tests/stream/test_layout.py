@@ -19,7 +19,14 @@ STREAM = Path(__file__).resolve().parents[2] / "stream"
 KAFKA_CLIENTS = {"faust", "aiokafka", "mode"}
 #: Where a Kafka client may be imported: the worker, the facade, and the tools that talk to
 #: a broker (bench baselines and readers, replay, dump).
-MAY_IMPORT_KAFKA = ("worker/", "kafka/", "tools/bench/", "tools/replay.py", "tools/dump.py")
+MAY_IMPORT_KAFKA = (
+    "worker/",
+    "kafka/",
+    "tools/bench/",
+    "tools/replay.py",
+    "tools/dump.py",
+    "tools/apache_kafka.py",
+)
 PURE_PACKAGES = (
     "stream.contract",
     "stream.pipeline",

@@ -14,6 +14,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from stream.errors import BrokerError
 from stream.kafka.admin import check_reachable
+from stream.kafka.compat import topic_partitions
 from stream.settings import Settings
 
 __all__ = [
@@ -53,10 +54,7 @@ async def iter_records(
     )
     try:
         await consumer.start()
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions is None:
-            await consumer.topics()
-            partitions = consumer.partitions_for_topic(topic)
+        partitions = await topic_partitions(consumer, topic)
         if not partitions:
             return
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]

@@ -143,3 +143,24 @@ def test_worker_whose_http_port_is_taken(broker: EmbeddedBroker, tmp_path: Path)
             "worker",
         )  # fmt: skip
     assert_one_line_error(result, 2, f"127.0.0.1:{port}", "SHOPSCORE_WEB_PORT")
+
+
+@pytest.mark.broker
+def test_a_session_timeout_apache_kafka_refuses_is_one_line(kafka, tmp_path: Path) -> None:
+    """Kafka refuses a consumer session under group.min.session.timeout.ms (6 s) with a fatal
+    join error, after which Faust would wait forever, never ready: the worker asks first."""
+    from stream.settings import Settings
+    from stream.tools.broker import free_port
+
+    settings = Settings(
+        broker=kafka.url,
+        app_id="shopscore-session-check",
+        topic_prefix="session-check.",
+        web_port=free_port(),
+        data_dir=tmp_path / "data",
+        session_timeout_ms=4_000,
+    )
+    result = shopscore("worker", env=settings.env())
+    assert_one_line_error(
+        result, 2, "SHOPSCORE_SESSION_TIMEOUT=4s", "group.min.session.timeout.ms=6000", "10s"
+    )

@@ -21,7 +21,7 @@ from stream.settings import Settings
 from stream.tools.broker import free_port
 from stream.tools.generator import GeneratorConfig, truth_path, write_log
 
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.both_brokers]
 
 NOW = int(time.time() * 1000) - 3_600_000
 
