@@ -31,7 +31,6 @@ log = logging.getLogger("shopscore")
 _SESSION_BOUNDS = ("group.min.session.timeout.ms", "group.max.session.timeout.ms")
 
 
-
 def check_reachable(settings: Settings, timeout: float = 3.0) -> None:
     """Fail fast, with a message that says what to do, when no configured broker answers."""
     servers = settings.bootstrap_servers()
@@ -60,6 +59,7 @@ async def ensure_topics(settings: Settings, names: tuple[str, ...] = ALL_TOPICS)
     try:
         await admin.start()
         existing = set(await admin.list_topics())
+        await _check_partition_counts(admin, settings, names, existing)
         wanted = [settings.topic(n) for n in names if settings.topic(n) not in existing]
         if wanted:
             with contextlib.suppress(TopicAlreadyExistsError):
@@ -78,6 +78,29 @@ async def ensure_topics(settings: Settings, names: tuple[str, ...] = ALL_TOPICS)
         raise BrokerError(f"could not create topics on {settings.broker}: {exc}") from exc
     finally:
         await admin.close()
+
+
+async def _check_partition_counts(
+    admin: AIOKafkaAdminClient, settings: Settings, names: tuple[str, ...], existing: set[str]
+) -> None:
+    """Existing input and clock topics must have ``settings.partitions`` partitions: a user's
+    events, state and clock ticks are found on one partition number across them. (A topic
+    created by a producer's first send gets the broker's ``num.partitions`` instead.)"""
+    copartitioned = [
+        settings.topic(n)
+        for n in names
+        if n in (*INPUT_TOPICS, CLOCK) and settings.topic(n) in existing
+    ]
+    if not copartitioned:
+        return
+    for topic in await admin.describe_topics(copartitioned):
+        count = len(topic.get("partitions") or ())
+        if topic.get("error_code") == 0 and count != settings.partitions:
+            raise ConfigError(
+                f"topic {topic['topic']!r} has {count} partitions but SHOPSCORE_PARTITIONS="
+                f"{settings.partitions}: the input topics and clock need the same count (set "
+                "SHOPSCORE_PARTITIONS to it, or use a new SHOPSCORE_TOPIC_PREFIX)"
+            )
 
 
 async def check_session_timeout(settings: Settings) -> None:

@@ -374,11 +374,18 @@ def export_models(models_dir: Path, out: Path, threads: int) -> None:
 @click.option("--seed", type=int, help="Seed of the generated events [1].")
 @click.option("--quick", is_flag=True, help="Tiny sizes (CI: proves the command, < 60 s).")
 @click.option("--json", "as_json", is_flag=True, help="Print only the JSON report.")
+@click.option(
+    "--broker-kind",
+    type=click.Choice(["embedded", "kafka"]),
+    help="The broker bench starts when SHOPSCORE_BROKER is unset: embedded (Tansu) "
+    "or kafka (Apache Kafka 4, the compose file's, from Maven) [embedded].",
+)
 @click.pass_obj
 def bench(obj: _Context, quick: bool, as_json: bool, **sizes: Any) -> None:
     """Measure throughput, latency percentiles, memory and recovery; print JSON.
 
-    Against the embedded broker unless SHOPSCORE_BROKER is set. Progress goes to stderr.
+    Against a broker it starts (--broker-kind) unless SHOPSCORE_BROKER is set. Progress goes
+    to stderr.
     """
     import dataclasses
 

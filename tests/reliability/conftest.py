@@ -19,6 +19,7 @@ import psutil
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from stream.kafka.admin import ensure_topics
 from stream.settings import Settings
 from stream.tools.embedded import WorkerProcess
 
@@ -66,6 +67,9 @@ def _produce(settings: Settings, messages: Iterable[tuple[Any, ...]]) -> int:
     step = settings.allowed_lateness_ms // 2
 
     async def send() -> int:
+        # As replay does: a topic created by the first send would get the broker's default
+        # partition count (num.partitions), not the worker's.
+        await ensure_topics(settings)
         producer = AIOKafkaProducer(
             bootstrap_servers=settings.bootstrap_servers(),
             linger_ms=5,

@@ -25,7 +25,7 @@ from stream.settings import Limits
 from stream.tools.generator import GeneratorConfig, write_log
 from stream.tools.replay import read_log
 
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.both_brokers]
 
 BAD = 10_000
 NOW = int(time.time() * 1000)

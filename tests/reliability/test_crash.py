@@ -9,7 +9,7 @@ import pytest
 
 from stream.tools.generator import GeneratorConfig, write_log
 
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.both_brokers]
 
 KILLS = 5
 

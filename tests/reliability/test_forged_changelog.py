@@ -16,7 +16,7 @@ import pytest
 
 from stream.features import UserState, encode_state
 
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.both_brokers]
 
 NOW = int(time.time() * 1000)
 YEAR_2100 = 4_102_444_800_000

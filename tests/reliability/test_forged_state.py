@@ -20,7 +20,7 @@ import orjson
 import pytest
 from aiokafka.partitioner import murmur2
 
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.both_brokers]
 
 NOW = int(time.time() * 1000)
 

@@ -39,7 +39,7 @@ from stream.kafka.compat import install, true_end_offsets
 from stream.settings import Limits, Settings
 from stream.tools.dump import read_topic
 
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.both_brokers]
 
 HOUR = 3_600_000
 YEAR_2100 = 4_102_444_800_000

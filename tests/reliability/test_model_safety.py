@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from stream.models.registry import MODEL_NAMES, shipped_dir
 from stream.tools.generator import GeneratorConfig, write_log
 
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.both_brokers]
 
 GARBAGE = b"\x08\x07\x12\x04junk" + bytes(range(256)) * 4  # not a loadable ONNX graph
 

@@ -9,7 +9,7 @@ import pytest
 from stream.tools.broker import free_port
 from stream.tools.generator import GeneratorConfig, write_log
 
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.both_brokers]
 
 
 def test_a_second_worker_joining_mid_stream_loses_and_doubles_nothing(

@@ -19,6 +19,7 @@ from stream import __version__
 from stream.errors import ShopscoreError
 from stream.kafka.admin import check_reachable
 from stream.settings import Settings
+from stream.tools.apache_kafka import KAFKA_VERSION, ApacheKafka
 from stream.tools.bench.baselines import bare_throughput, consume_only_throughput
 from stream.tools.bench.common import Progress, phase_settings, stderr_progress
 from stream.tools.bench.events import generate, publish_events
@@ -44,6 +45,9 @@ class BenchOptions:
     rate: float = 2_000.0
     latency_s: float = 10.0
     seed: int = 1
+    #: The broker ``bench`` starts when ``SHOPSCORE_BROKER`` is unset: ``embedded`` (Tansu) or
+    #: ``kafka`` (Apache Kafka, ``stream.tools.apache_kafka``).
+    broker_kind: str = "embedded"
 
     @classmethod
     def quick(cls) -> BenchOptions:
@@ -87,20 +91,38 @@ def run_bench(
     """Run every phase and return the report (see the ``stream.tools.bench`` docstring)."""
     if options.events < 100 or options.users < 1 or options.rate <= 0:
         raise ShopscoreError("bench needs --events >= 100, --users >= 1 and --rate > 0")
+    if options.broker_kind not in ("embedded", "kafka"):
+        raise ShopscoreError(f"unknown broker kind {options.broker_kind!r}: embedded or kafka")
     began = time.monotonic()
     models = _model_versions(settings)  # fail fast, before any process starts
     workdir = Path(tempfile.mkdtemp(prefix="shopscore-bench-"))
     tag = f"bench{os.getpid()}x{uuid.uuid4().hex[:6]}"
-    broker: EmbeddedBroker | None = None
+    broker: EmbeddedBroker | ApacheKafka | None = None
     report: dict[str, Any] = {}
     ok = False
     try:
-        if settings.broker is None:
+        if settings.broker is None and options.broker_kind == "kafka":
+            progress(f"starting Apache Kafka {KAFKA_VERSION} (first run: its jars via Maven)")
+            broker = ApacheKafka(workdir / "kafka", log_path=workdir / "kafka.log").start()
+            # Kafka refuses sessions under group.min.session.timeout.ms (compose's timings).
+            settings = dataclasses.replace(
+                settings.with_broker(broker.url),
+                session_timeout_ms=max(settings.session_timeout_ms, 10_000),
+                rebalance_timeout_ms=max(settings.rebalance_timeout_ms, 10_000),
+            )
+            broker_info: dict[str, Any] = {
+                "kind": "kafka",
+                "name": "apache-kafka",
+                "version": KAFKA_VERSION,
+                "storage": "disk",
+                "url": broker.url,
+            }
+        elif settings.broker is None:
             broker = EmbeddedBroker(
                 binary=settings.broker_bin, log_path=workdir / "broker.log"
             ).start()
             settings = settings.with_broker(broker.url)
-            broker_info: dict[str, Any] = {
+            broker_info = {
                 "kind": "embedded",
                 "name": _tansu_version(settings) or "tansu",
                 "storage": "memory",

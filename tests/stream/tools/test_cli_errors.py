@@ -164,3 +164,36 @@ def test_a_session_timeout_apache_kafka_refuses_is_one_line(kafka, tmp_path: Pat
     assert_one_line_error(
         result, 2, "SHOPSCORE_SESSION_TIMEOUT=4s", "group.min.session.timeout.ms=6000", "10s"
     )
+
+
+@pytest.mark.broker
+def test_an_input_topic_with_another_partition_count_is_one_line(broker, tmp_path: Path) -> None:
+    """A topic created by a producer's first send gets the broker's default partition count:
+    the worker says so rather than scatter a user's events and state over partitions."""
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from stream.settings import Settings
+    from stream.tools.broker import free_port
+
+    settings = Settings(
+        broker=broker.url,
+        app_id="shopscore-partition-check",
+        topic_prefix=f"partition-check-{free_port()}.",
+        web_port=free_port(),
+        data_dir=tmp_path / "data",
+        partitions=4,
+    )
+
+    async def create() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers())
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(settings.topic("carts"), 2, 1)])
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+    result = shopscore("worker", env=settings.env())
+    assert_one_line_error(result, 2, "carts", "has 2 partitions", "SHOPSCORE_PARTITIONS=4")

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stream.tools.embedded import WorkerProcess
 
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.both_brokers]
 
 
 def test_health_is_starting_until_partitions_are_assigned_and_tables_recovered(

@@ -16,7 +16,7 @@ from stream.models.registry import MODEL_NAMES, shipped_dir
 from stream.scoring.contracts import problems
 from stream.tools.generator import GeneratorConfig, write_log
 
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.both_brokers]
 
 
 def _helpers():
