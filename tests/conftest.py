@@ -92,6 +92,13 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    """Which broker this test's ``settings`` point at: ``embedded`` or ``kafka``."""
+    callspec = getattr(request.node, "callspec", None)
+    return str(callspec.params.get("settings", "embedded")) if callspec else "embedded"
+
+
+@pytest.fixture
 def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """Factory: start ``shopscore worker`` as a child process and wait until it is ready."""
     workers: list[WorkerProcess] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -44,8 +45,11 @@ def check_reachable(settings: Settings, timeout: float = 3.0) -> None:
     )
 
 
-async def ensure_topics(settings: Settings, names: tuple[str, ...] = ALL_TOPICS) -> None:
-    """Create the contract topics with ``settings.partitions`` partitions where missing.
+async def ensure_topics(
+    settings: Settings, names: tuple[str, ...] = ALL_TOPICS, *, physical: tuple[str, ...] = ()
+) -> None:
+    """Create the contract topics ``names`` (and the ``physical`` topics, named as they are)
+    with ``settings.partitions`` partitions where missing.
 
     Input topics, the clock and the tables' changelogs must share one partition count: that is
     what lets a user's events and state live on the same worker (co-partitioning).
@@ -60,7 +64,8 @@ async def ensure_topics(settings: Settings, names: tuple[str, ...] = ALL_TOPICS)
         await admin.start()
         existing = set(await admin.list_topics())
         await _check_partition_counts(admin, settings, names, existing)
-        wanted = [settings.topic(n) for n in names if settings.topic(n) not in existing]
+        topics = [settings.topic(n) for n in names] + list(physical)
+        wanted = [name for name in dict.fromkeys(topics) if name not in existing]
         if wanted:
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(
@@ -69,15 +74,27 @@ async def ensure_topics(settings: Settings, names: tuple[str, ...] = ALL_TOPICS)
                         for name in wanted
                     ]
                 )
-            # Metadata propagates asynchronously on some brokers; wait until all are listed.
-            for _ in range(50):
-                if set(wanted) <= set(await admin.list_topics()):
+            # Metadata propagates asynchronously, and Apache Kafka elects each new partition's
+            # leader a moment later (a produce before it is refused with NotLeaderForPartition
+            # and retried, noisily): wait until every new partition has a leader.
+            for _ in range(100):
+                if _all_led(await admin.describe_topics(wanted), settings.partitions):
                     break
                 await asyncio.sleep(0.1)
     except KafkaError as exc:
         raise BrokerError(f"could not create topics on {settings.broker}: {exc}") from exc
     finally:
         await admin.close()
+
+
+def _all_led(described: list[dict[str, Any]], partitions: int) -> bool:
+    """Every described topic exists with ``partitions`` partitions, each with a leader."""
+    return all(
+        topic.get("error_code") == 0
+        and len(topic.get("partitions") or ()) == partitions
+        and all(p.get("leader", -1) >= 0 for p in topic["partitions"])
+        for topic in described
+    )
 
 
 async def _check_partition_counts(

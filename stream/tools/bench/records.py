@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError
 
 from stream.errors import BrokerError
-from stream.kafka.admin import check_reachable
+from stream.kafka.admin import ensure_topics
 from stream.kafka.compat import topic_partitions
 from stream.settings import Settings
 
@@ -111,20 +109,4 @@ def read_until(
 
 async def create_topics(settings: Settings, names: Iterable[str]) -> None:
     """Create physical topics with ``settings.partitions`` partitions where missing."""
-    check_reachable(settings)
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap_servers(),
-        client_id="shopscore-bench",
-        **settings.kafka_client_options(),
-    )
-    try:
-        await admin.start()
-        existing = set(await admin.list_topics())
-        wanted = [n for n in names if n not in existing]
-        if wanted:
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(
-                    [NewTopic(n, settings.partitions, settings.replication_factor) for n in wanted]
-                )
-    finally:
-        await admin.close()
+    await ensure_topics(settings, (), physical=tuple(names))
