@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from stream.settings import Settings
-from stream.tools.broker import EmbeddedBroker, _die_with_parent, free_port
+from stream.tools.broker import _die_with_parent, free_port
 from stream.tools.embedded import WorkerProcess
 from stream.tools.generator import GeneratorConfig, truth_path, write_log
 
@@ -179,18 +179,27 @@ class Scraped:
     job: str
 
 
-@pytest.fixture(scope="session")
-def scraped(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
+@pytest.fixture(scope="session", params=["embedded", "kafka"])
+def scraped(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Scraped]:
+    """On the embedded broker, and on Apache Kafka (the session's ``kafka`` node)."""
     tmp = tmp_path_factory.mktemp("scraped")
     tag = f"p{os.getpid()}x{uuid.uuid4().hex[:6]}"
+    if request.param == "kafka":
+        url = request.getfixturevalue("kafka").url
+        timings = {"session_timeout_ms": 10_000, "rebalance_timeout_ms": 10_000}
+    else:
+        url = request.getfixturevalue("broker").url
+        timings = {"rebalance_timeout_ms": 2_000}
     settings = Settings(
-        broker=broker.url,
+        broker=url,
         app_id=f"shopscore-{tag}",
         topic_prefix=f"{tag}.",
         partitions=4,
         web_port=free_port(),
         data_dir=tmp / "data",
-        rebalance_timeout_ms=2_000,
+        **timings,
     )
     worker = WorkerProcess(settings, log_path=tmp / "worker.log").start()
     prometheus: Prometheus | None = None

