@@ -82,3 +82,40 @@ def test_end_offsets_after_a_batched_produce_are_the_true_end(
         assert listed == RECORDS
     else:
         assert listed == 1  # Tansu: the last batch's base offset (0) plus one
+
+
+def test_apache_kafka_answers_a_waiting_fetch_when_data_arrives(kafka) -> None:
+    """The embedded broker answers a fetch only when its wait ends, which is why the worker
+    waits at most ``FETCH_MAX_WAIT_MS`` (50 ms) per fetch; Apache Kafka answers as soon as
+    ``fetch.min.bytes`` (1) arrive, so there that cap bounds no latency: with a 5 s wait, a
+    record produced while the fetch waits is delivered at once."""
+    import time
+
+    servers = kafka.url.removeprefix("kafka://")
+    tp = TopicPartition("fetch-wait-probe", 0)
+
+    async def delay() -> float:
+        producer = AIOKafkaProducer(bootstrap_servers=servers)
+        await producer.start()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=servers, group_id=None, fetch_max_wait_ms=5_000
+        )
+        await consumer.start()
+        try:
+            await producer.send_and_wait(tp.topic, b"first", partition=0)
+            consumer.assign([tp])
+            await consumer.seek_to_end(tp)
+            await consumer.getmany(tp, timeout_ms=1_000)  # the next fetch is now waiting
+            reading = asyncio.ensure_future(consumer.getone(tp))
+            await asyncio.sleep(0.5)
+            await producer.send_and_wait(tp.topic, b"second", partition=0)
+            sent = time.monotonic()
+            record = await asyncio.wait_for(reading, 15)
+            assert record.value == b"second"
+            return time.monotonic() - sent
+        finally:
+            await consumer.stop()
+            await producer.stop()
+
+    # ~0.01 s here; the embedded broker takes 1.0 s in the same steps.
+    assert asyncio.run(delay()) < 0.5
