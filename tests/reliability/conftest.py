@@ -11,6 +11,7 @@ import asyncio
 import importlib.util
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -22,6 +23,7 @@ from aiokafka import AIOKafkaProducer
 from stream.kafka.admin import ensure_topics
 from stream.settings import Settings
 from stream.tools.embedded import WorkerProcess
+from stream.tools.generator import GeneratorConfig, write_log
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +34,48 @@ def helpers() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@dataclass
+class Backlog:
+    """A worker part-way (a fifth) through a generated log replayed before it started."""
+
+    worker: WorkerProcess
+    pid: int
+    expected: dict[str, Any]
+    published: int
+    consumed: float
+
+    def finished(self, settle: Any, wait_lag_zero: Any) -> None:
+        """The same worker process (never restarted) read everything, agrees with the offline
+        views, and is ready."""
+        worker = self.worker
+        wait_lag_zero([worker], at_least=self.published)
+        settle([worker.url], self.expected)
+        assert worker.proc is not None and worker.proc.poll() is None
+        assert worker.proc.pid == self.pid
+        assert (worker.health() or {}).get("status") == "ready"
+
+
+@pytest.fixture
+def mid_backlog(
+    helpers: ModuleType, start_worker: Any, wait: Any, worker_counts: Any, tmp_path: Path
+) -> Callable[[Settings, int], Backlog]:
+    """``mid_backlog(settings, seed)``: 250 users over 15 days (1% duplicates) replayed, then
+    a worker started on them and left to read a fifth."""
+
+    def start(settings: Settings, seed: int) -> Backlog:
+        log = tmp_path / "log.jsonl"
+        write_log(GeneratorConfig(users=250, days=15, seed=seed, duplicate_fraction=0.01), log)
+        expected, _ = helpers.offline_views(log, int(time.time() * 1000))
+        published = helpers.replay_cli(settings, log)
+        worker = start_worker(settings)
+        wait(lambda: worker_counts(worker).consumed >= published // 5, 120, 0.05)
+        assert worker.proc is not None
+        consumed = worker_counts(worker).consumed
+        return Backlog(worker, worker.proc.pid, expected, published, consumed)
+
+    return start
 
 
 @pytest.fixture

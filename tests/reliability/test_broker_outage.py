@@ -21,7 +21,6 @@ import pytest
 
 from stream.tools.apache_kafka import ApacheKafka
 from stream.tools.broker import EmbeddedBroker
-from stream.tools.generator import GeneratorConfig, write_log
 
 pytestmark = pytest.mark.broker
 
@@ -47,29 +46,15 @@ def own_broker(request, tmp_path):
 
 
 def test_worker_recovers_from_a_30s_broker_outage_without_restart_or_loss(
-    settings, own_broker, start_worker, wait, worker_counts, helpers, settle, wait_lag_zero,
-    tmp_path,
-) -> None:  # fmt: skip
+    settings, own_broker, mid_backlog, settle, wait_lag_zero
+) -> None:
     broker, pid_of_broker, timings = own_broker
-    settings = dataclasses.replace(settings, broker=broker.url, **timings)
-    log = tmp_path / "log.jsonl"
-    write_log(GeneratorConfig(users=250, days=15, seed=17, duplicate_fraction=0.01), log)
-    expected, _ = helpers.offline_views(log, int(time.time() * 1000))
-    published = helpers.replay_cli(settings, log)
-    worker = start_worker(settings)
-    pid = worker.proc.pid
-
-    wait(lambda: worker_counts(worker).consumed >= published // 5, 120, 0.05)
-    before = worker_counts(worker).consumed
+    backlog = mid_backlog(dataclasses.replace(settings, broker=broker.url, **timings), 17)
     os.kill(pid_of_broker, signal.SIGSTOP)
     try:
         time.sleep(OUTAGE_S)
-        assert worker.proc.poll() is None, "the worker exited during the broker outage"
+        assert backlog.worker.proc.poll() is None, "the worker exited during the broker outage"
     finally:
         os.kill(pid_of_broker, signal.SIGCONT)
-    print(f"outage: frozen after {before:.0f} of {published} messages consumed")
-
-    wait_lag_zero([worker], at_least=published)
-    settle([worker.url], expected)
-    assert worker.proc is not None and worker.proc.pid == pid and worker.proc.poll() is None
-    assert (worker.health() or {}).get("status") == "ready"
+    print(f"outage: frozen after {backlog.consumed:.0f} of {backlog.published} consumed")
+    backlog.finished(settle, wait_lag_zero)

@@ -19,7 +19,6 @@ import pytest
 
 from stream.tools.apache_kafka import ApacheKafka
 from stream.tools.dump import dump_topic
-from stream.tools.generator import GeneratorConfig, write_log
 
 pytestmark = pytest.mark.broker
 
@@ -37,32 +36,19 @@ def own_kafka(tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_worker_recovers_when_apache_kafka_is_down_for_60s(
-    sig, settings, own_kafka, start_worker, wait, worker_counts, helpers, settle, wait_lag_zero,
-    tmp_path,
-) -> None:  # fmt: skip
+    sig, settings, own_kafka, mid_backlog, settle, wait_lag_zero
+) -> None:
     settings = dataclasses.replace(
         settings, broker=own_kafka.url, session_timeout_ms=10_000, rebalance_timeout_ms=10_000
     )
-    log = tmp_path / "log.jsonl"
-    write_log(GeneratorConfig(users=250, days=15, seed=23, duplicate_fraction=0.01), log)
-    expected, _ = helpers.offline_views(log, int(time.time() * 1000))
-    published = helpers.replay_cli(settings, log)
-    worker = start_worker(settings)
-    pid = worker.proc.pid
-
-    wait(lambda: worker_counts(worker).consumed >= published // 5, 120, 0.05)
-    before = worker_counts(worker).consumed
+    backlog = mid_backlog(settings, 23)
     own_kafka.stop(sig=sig)
     time.sleep(DOWN_S)
-    assert worker.proc.poll() is None, "the worker exited while the broker was down"
+    assert backlog.worker.proc.poll() is None, "the worker exited while the broker was down"
     own_kafka.start()
-    print(f"outage ({sig.name}): broker gone after {before:.0f} of {published} consumed")
-
-    wait_lag_zero([worker], at_least=published)
-    settle([worker.url], expected)
-    assert worker.proc is not None and worker.proc.pid == pid and worker.proc.poll() is None
-    assert (worker.health() or {}).get("status") == "ready"
+    print(f"outage ({sig.name}): gone after {backlog.consumed:.0f} of {backlog.published} consumed")
+    backlog.finished(settle, wait_lag_zero)
     scored = {
         r["key"] for r in asyncio.run(dump_topic(settings, "scores.churn", latest_per_key=True))
     }
-    assert set(expected) <= scored
+    assert set(backlog.expected) <= scored
