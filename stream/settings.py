@@ -153,6 +153,16 @@ def _event_loop(text: str) -> str:
     return value
 
 
+PROCESSING_GUARANTEES = ("at_least_once", "exactly_once")
+
+
+def _guarantee(text: str) -> str:
+    value = text.strip().lower().replace("-", "_")
+    if value not in PROCESSING_GUARANTEES:
+        raise ValueError(f"must be one of {', '.join(PROCESSING_GUARANTEES)}")
+    return value
+
+
 #: Kafka client security, as Kafka's own ``security.protocol`` / ``sasl.mechanism`` name them.
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -214,6 +224,10 @@ class Settings:
     #: ``uvloop`` (libuv's event loop, where the package is installed: Linux and macOS) or
     #: ``asyncio`` (the standard library's).
     event_loop: str = "uvloop"
+    #: ``at_least_once`` (after a crash outputs may repeat; state is effectively-once) or
+    #: ``exactly_once`` (Kafka transactions: a batch's outputs, changelog writes and input
+    #: offsets commit atomically; needs a broker with transactions, not the embedded one).
+    processing_guarantee: str = "at_least_once"
     rebalance_timeout_ms: int = 3_000
     session_timeout_ms: int = 4_000
     batch_size: int = 500
@@ -433,6 +447,7 @@ _SETTINGS_ENV: dict[str, tuple[str, Any]] = {
     "broker_bin": ("BROKER_BIN", _executable),
     "log_level": ("LOG_LEVEL", _level),
     "event_loop": ("EVENT_LOOP", _event_loop),
+    "processing_guarantee": ("PROCESSING_GUARANTEE", _guarantee),
     "rebalance_timeout_ms": ("REBALANCE_TIMEOUT", parse_duration_ms),
     "session_timeout_ms": ("SESSION_TIMEOUT", parse_duration_ms),
     "batch_size": ("BATCH_SIZE", _positive_int),

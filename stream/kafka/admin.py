@@ -7,6 +7,7 @@ import contextlib
 import logging
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
@@ -24,6 +25,7 @@ __all__ = [
     "OUTPUT_TOPICS",
     "check_reachable",
     "check_session_timeout",
+    "check_transactions",
     "ensure_topics",
 ]
 
@@ -161,3 +163,35 @@ async def check_session_timeout(settings: Settings) -> None:
             "SHOPSCORE_SESSION_TIMEOUT and SHOPSCORE_REBALANCE_TIMEOUT within it (10s works on "
             "a default Apache Kafka)"
         )
+
+
+async def check_transactions(settings: Settings, timeout: float = 15.0) -> None:
+    """With ``processing_guarantee="exactly_once"``, fail fast on a broker without
+    transactions (the embedded one answers InitProducerId for a transactional id with an
+    error), instead of a worker that crashes at its first commit."""
+    if settings.processing_guarantee != "exactly_once":
+        return
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers(),
+        client_id="shopscore-admin",
+        transactional_id=f"{settings.app_id}-transactions-check",
+        enable_idempotence=True,
+        acks="all",
+        request_timeout_ms=int(timeout * 1000),
+        **settings.kafka_client_options(),
+    )
+    client_log = logging.getLogger("aiokafka")
+    level = client_log.level
+    client_log.setLevel(logging.CRITICAL)  # the refusal is said below, in one line
+    try:
+        await asyncio.wait_for(producer.start(), timeout)
+    except Exception as exc:
+        raise ConfigError(
+            f"SHOPSCORE_PROCESSING_GUARANTEE=exactly_once needs a broker with transactions, "
+            f"and {settings.broker} refused one ({type(exc).__name__}; the embedded broker has "
+            "none): use at_least_once there, or Apache Kafka"
+        ) from None
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(producer.stop(), timeout)
+        client_log.setLevel(level)

@@ -15,12 +15,19 @@ Durability is unchanged: every batch is in aiokafka's accumulator before ``send`
 the commit's producer flush (``stream.kafka.compat``) waits for all of them, so no input
 offset is committed before its records are on the broker. A failed batch poisons the producer
 like a failed single send, so nothing is committed past it.
+
+Exactly-once (``processing_guarantee="exactly_once"``): Faust keeps one transactional producer
+per input partition and commits that partition's input offsets in its transaction. Each record
+here carries the input partition it came from (``OutputRecord.source``, a changelog record's
+partition), and goes out through that partition's transactional producer, under Faust's lock
+for that transaction, so outputs, changelog writes and offsets commit (or abort) together.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
@@ -31,6 +38,8 @@ from stream.contract.partitioning import murmur2
 from stream.pipeline.records import OutputRecord
 
 __all__ = ["BatchSender", "ChangelogRecord", "OnPersisted"]
+
+log = logging.getLogger("shopscore")
 
 #: What a record adds to a produce request besides its key and value (batch header and record
 #: framing, as aiokafka estimates it), for the ``max_request_size`` check.
@@ -56,9 +65,16 @@ OnPersisted = Callable[[str, TP, int], None]
 class BatchSender:
     """Sends ``OutputRecord``s through the app's producer as one record batch per partition."""
 
-    def __init__(self, producer: Any, topic: Callable[[str], str]) -> None:
+    def __init__(
+        self,
+        producer: Any,
+        topic: Callable[[str], str],
+        transactional_id: Callable[[int], str] | None = None,
+    ) -> None:
         self.producer = producer  # stream.kafka.compat._Producer
         self._topic = topic
+        #: Exactly-once: the transactional id of an input partition's transaction.
+        self._transactional_id = transactional_id
         self._partitions: dict[str, int] = {}
         self._spread = itertools.count()
 
@@ -80,10 +96,18 @@ class BatchSender:
         if size > limit:  # as aiokafka's own send refuses it
             self._refuse(f"a {size}-byte record is over max_request_size {limit}", topic, size)
 
+    def _transaction(self, source: int | None) -> str | None:
+        if self._transactional_id is None:
+            return None
+        if source is None:
+            raise ValueError("exactly-once: a record without its source partition")
+        return self._transactional_id(source)
+
     async def send(self, records: Iterable[OutputRecord]) -> int:
         """Produce ``records``; the number of record batches it took."""
         client, limit = self._client()
-        by_partition: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = {}
+        by_partition: dict[tuple[str | None, str, int], list[tuple[bytes | None, bytes | None]]]
+        by_partition = {}
         for record in records:
             topic = self._topic(record.topic)
             self._check_size(topic, record.key, record.value, limit)
@@ -94,7 +118,8 @@ class BatchSender:
                     partition = next(self._spread) % count
                 else:
                     partition = (murmur2(record.key) & 0x7FFFFFFF) % count
-            by_partition.setdefault((topic, partition), []).append((record.key, record.value))
+            group = (self._transaction(record.source), topic, partition)
+            by_partition.setdefault(group, []).append((record.key, record.value))
         return await self._send_grouped(client, by_partition, None)
 
     async def send_changelog(
@@ -103,14 +128,14 @@ class BatchSender:
         """Produce table changelog records (each to its explicit partition); ``on_persisted``
         learns each partition's last offset once its batch is on the broker."""
         client, limit = self._client()
-        by_partition: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = {}
+        by_partition: dict[tuple[str | None, str, int], list[tuple[bytes | None, bytes | None]]]
+        by_partition = {}
         tables: dict[str, str] = {}
         for record in records:
             self._check_size(record.topic, record.key, record.value, limit)
             tables[record.topic] = record.table
-            by_partition.setdefault((record.topic, record.partition), []).append(
-                (record.key, record.value)
-            )
+            group = (self._transaction(record.partition), record.topic, record.partition)
+            by_partition.setdefault(group, []).append((record.key, record.value))
 
         def persisted(topic: str, partition: int, done: asyncio.Future[Any], n: int) -> None:
             if not done.cancelled() and done.exception() is None:
@@ -121,11 +146,38 @@ class BatchSender:
     async def _send_grouped(
         self,
         client: Any,
-        by_partition: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]],
+        by_partition: dict[tuple[str | None, str, int], list[tuple[bytes | None, bytes | None]]],
+        on_done: Callable[[str, int, asyncio.Future[Any], int], None] | None,
+    ) -> int:
+        by_transaction: dict[str | None, list[tuple[str, int, list[Any]]]] = {}
+        for (transaction, topic, partition), group in by_partition.items():
+            by_transaction.setdefault(transaction, []).append((topic, partition, group))
+        sent = 0
+        for transaction, groups in by_transaction.items():
+            if transaction is None:
+                sent += await self._send_groups(client, groups, on_done)
+                continue
+            producer = self.producer
+            # Faust's lock for this transaction: its commit (offsets, end, begin) never runs
+            # between the batches sent here.
+            async with producer._trn_locks[transaction]:
+                txn_client = producer._transaction_producers.get(transaction)
+                if txn_client is None:
+                    # Its partition was revoked meanwhile: the transaction is fenced, and the
+                    # new owner reads the uncommitted inputs again and produces these anew.
+                    log.info("dropping %d record batches of revoked %s", len(groups), transaction)
+                    continue
+                sent += await self._send_groups(txn_client, groups, on_done)
+        return sent
+
+    async def _send_groups(
+        self,
+        client: Any,
+        groups: list[tuple[str, int, list[tuple[bytes | None, bytes | None]]]],
         on_done: Callable[[str, int, asyncio.Future[Any], int], None] | None,
     ) -> int:
         sent = 0
-        for (topic, partition), group in by_partition.items():
+        for topic, partition, group in groups:
             batch = client.create_batch()
             size = n = 0
             for key, value in group:

@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -34,7 +34,13 @@ from faust.exceptions import ProducerSendError
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-__all__ = ["first_offsets", "install", "topic_partitions", "true_end_offsets"]
+__all__ = [
+    "first_offsets",
+    "input_transactions",
+    "install",
+    "topic_partitions",
+    "true_end_offsets",
+]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +76,24 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
         return set(known)
     cluster = await consumer._client.fetch_all_metadata()
     return set(cluster.partitions_for_topic(topic) or ())
+
+
+def input_transactions(app: Any, input_topics: Iterable[str]) -> Callable[[int], str]:
+    """The transactional id of an input partition, as Faust's ``TransactionManager`` names the
+    transaction it commits that partition's offsets in (``{app id}-{topic group}-{partition}``).
+    The input topics are one topic group (one agent reads them all); checked on first use."""
+    topics = list(input_topics)
+    group: list[int] = []
+
+    def transactional_id(partition: int) -> str:
+        if not group:
+            groups = {app.assignor.group_for_topic(topic) for topic in topics}
+            if len(groups) != 1:
+                raise RuntimeError(f"input topics in several topic groups: {sorted(groups)}")
+            group.append(groups.pop())
+        return f"{app.conf.id}-{group[0]}-{partition}"
+
+    return transactional_id
 
 
 def _connection(consumer: AIOKafkaConsumer) -> tuple[str, dict[str, Any]]:
@@ -189,8 +213,20 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class _Consumer(faust_aiokafka.Consumer):
+    #: Exactly-once: the worker's batch lock. A commit (offsets into each partition's
+    #: transaction, then its end) waits for the batch in progress, so a transaction holds
+    #: whole batches: never a batch's outputs without the acks that follow them.
+    commit_lock: asyncio.Lock | None = None
+
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
+        lock = self.commit_lock
+        if lock is None:
+            return await super().commit(topics, start_new_transaction)
+        async with lock:
+            return await super().commit(topics, start_new_transaction)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover
         """Faust's loop that hands fetched messages to the streams (faust-streaming 0.15.3,

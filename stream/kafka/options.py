@@ -54,7 +54,7 @@ def faust_app_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "broker_session_timeout": settings.session_timeout_ms / 1000,
         "broker_heartbeat_interval": min(1.0, settings.session_timeout_ms / 3000),
         "consumer_auto_offset_reset": "earliest",
-        "processing_guarantee": "at_least_once",
+        "processing_guarantee": settings.processing_guarantee,
         # On revocation Faust would wait for the events the aligner holds, while the
         # partitions they wait for are paused; the new owner reads them again anyway.
         "stream_wait_empty": False,

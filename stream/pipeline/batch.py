@@ -69,6 +69,10 @@ class PipelineConfig:
     #: Each partition's learners are checkpointed at most this often (wall time); None: only
     #: once, when first scored (offline runs keep their learners in memory).
     checkpoint_every_s: float | None = CHECKPOINT_EVERY_S
+    #: Score a user again whose events were all redelivered: at-least-once, a crash may have
+    #: come between writing their state and publishing their scores. With exactly-once the
+    #: two commit together, and scoring again would publish the same scoring twice.
+    rescore_redelivered: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PipelineConfig:
@@ -78,6 +82,7 @@ class PipelineConfig:
             scoring=settings.scoring_config(),
             align_max_hold_s=settings.align_max_hold_ms / 1000,
             state_secret=settings.state_secret,
+            rescore_redelivered=settings.processing_guarantee != "exactly_once",
         )
 
 
@@ -276,7 +281,8 @@ class Pipeline:
     async def _score_applied(self, result: BatchResult, view: BatchView, out: BatchOutput) -> None:
         """Score every user with newly applied events once per batch (their last event is the
         trigger), then deliver the labels that fell due on their partitions."""
-        if not result.applied and not result.redelivered:
+        redelivered = result.redelivered if self.config.rescore_redelivered else []
+        if not result.applied and not redelivered:
             return
         events: dict[str, list[Event]] = {}
         for event in result.applied:
@@ -284,7 +290,7 @@ class Pipeline:
         # A user whose events were all redelivered (after a crash) is scored again too: the
         # crash may have come between writing the state and publishing the scores.
         last_seen: dict[str, Event] = {}
-        for event in result.redelivered:
+        for event in redelivered:
             if event.user_id not in events:
                 seen = last_seen.get(event.user_id)
                 if seen is None or event.ts > seen.ts:
@@ -345,14 +351,16 @@ class Pipeline:
         """Dead letters, and events re-published to the partition that owns their user."""
         for key, record in result.dead_letters:
             dlq_key, dlq_value = dlq_message(key, record)  # bounded: always producible
-            out.records.append(OutputRecord(DLQ, dlq_key, dlq_value))
+            out.records.append(OutputRecord(DLQ, dlq_key, dlq_value, source=record["partition"]))
         if result.dead_letters:
             out.counts.produced[DLQ] += len(result.dead_letters)
         for record, user_id in result.misrouted:
             # To the owner partition explicitly: the producer's partitioner does not matter.
             partition = owner_partition(user_id, self.config.partitions)
             out.records.append(
-                OutputRecord(record.topic, user_id.encode(), record.value, partition)
+                OutputRecord(
+                    record.topic, user_id.encode(), record.value, partition, record.partition
+                )
             )
             out.counts.misrouted[record.topic] += 1
 

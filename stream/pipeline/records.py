@@ -38,12 +38,15 @@ class InputRecord:
 @dataclass(frozen=True, slots=True)
 class OutputRecord:
     """A record to produce. ``topic`` is a contract name; ``partition`` None lets the
-    producer's partitioner choose (by key), a number is explicit (a re-keyed input)."""
+    producer's partitioner choose (by key), a number is explicit (a re-keyed input).
+    ``source`` is the input partition whose records produced it: with exactly-once
+    processing it is produced in that partition's transaction."""
 
     topic: str
     key: bytes | None
     value: bytes
     partition: int | None = None
+    source: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,10 +98,11 @@ class ScoringStep:
             counts.model_calls.append((name, seconds, len(prepared.users)))
         records = out.records
         produced = counts.produced
+        partition_of = {user.user_id: user.partition for user in prepared.users}
         for (topic, key, _value), payload in zip(result.messages, result.payloads, strict=True):
             if key in failed:  # its labels were consumed, but it has no scores to publish
                 continue
-            records.append(OutputRecord(topic, key.encode(), payload))
+            records.append(OutputRecord(topic, key.encode(), payload, source=partition_of[key]))
             produced[topic] += 1
         if result.failed:
             counts.scoring_errors += len(result.failed)

@@ -25,6 +25,7 @@ from stream.contract.topics import CLOCK
 from stream.errors import ConfigError
 from stream.kafka.batches import BatchSender
 from stream.kafka.changelog import ChangelogWriter
+from stream.kafka.compat import input_transactions
 from stream.kafka.compat import install as install_kafka_compat
 from stream.kafka.consumer import InputFeed
 from stream.kafka.intake import EventBatches
@@ -210,13 +211,24 @@ class ShopscoreApp:
         out = await self.pipeline.process(records, self.feed.caught_up)
         changelog = self.changelog.write(out.writes, self.feed.acting_for)
         if self._sender is None:
-            self._sender = BatchSender(self.app.producer, self.settings.topic)
+            self._sender = self._batch_sender()
         await self.changelog.send(self._sender, changelog)
         if out.records:
             await self._sender.send(out.records)
         self.metrics.record(out.counts)
         self.monitor.count_table_writes(self._tables, self.changelog.take_counts())
         await self.feed.ack(out.commit)
+
+    def _batch_sender(self) -> BatchSender:
+        """Record batches through the app's producer; with exactly-once, through each input
+        partition's transaction, whose commits wait for whole batches (``commit_lock``)."""
+        if self.settings.processing_guarantee != "exactly_once":
+            return BatchSender(self.app.producer, self.settings.topic)
+        self.app.consumer.commit_lock = self.lock
+        inputs = [self.settings.topic(t) for t in (*INPUT_TOPICS, CLOCK)]
+        return BatchSender(
+            self.app.producer, self.settings.topic, input_transactions(self.app, inputs)
+        )
 
     async def _process_batch(self, events: list[EventT]) -> None:
         """One micro-batch: check offsets, then run the pipeline over what continues them.

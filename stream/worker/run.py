@@ -24,7 +24,7 @@ import time
 import faust
 
 from stream.errors import ConfigError
-from stream.kafka.admin import check_session_timeout, ensure_topics
+from stream.kafka.admin import check_session_timeout, check_transactions, ensure_topics
 from stream.settings import Settings
 from stream.worker.app import create_app
 from stream.worker.broker_watch import install_log_limit
@@ -104,6 +104,7 @@ def run_worker(settings: Settings) -> None:
     loop = new_event_loop(settings.event_loop)
     loop.run_until_complete(ensure_topics(settings))
     loop.run_until_complete(check_session_timeout(settings))
+    loop.run_until_complete(check_transactions(settings))
     shop = create_app(settings)
     watch = shop.broker_watch
     watch.on_stall = exit_process

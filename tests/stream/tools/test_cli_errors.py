@@ -197,3 +197,29 @@ def test_an_input_topic_with_another_partition_count_is_one_line(broker, tmp_pat
     asyncio.run(create())
     result = shopscore("worker", env=settings.env())
     assert_one_line_error(result, 2, "carts", "has 2 partitions", "SHOPSCORE_PARTITIONS=4")
+
+
+@pytest.mark.broker
+def test_exactly_once_on_the_embedded_broker_is_one_line(broker, tmp_path: Path) -> None:
+    """The embedded broker has no transactions: the worker says so before it starts."""
+    from stream.settings import Settings
+    from stream.tools.broker import free_port
+
+    settings = Settings(
+        broker=broker.url,
+        app_id="shopscore-eos-check",
+        topic_prefix=f"eos-check-{free_port()}.",
+        web_port=free_port(),
+        data_dir=tmp_path / "data",
+        processing_guarantee="exactly_once",
+    )
+    result = shopscore("worker", env=settings.env())
+    assert_one_line_error(
+        result, 2, "SHOPSCORE_PROCESSING_GUARANTEE=exactly_once", "transactions", "at_least_once"
+    )
+
+
+def test_an_unknown_processing_guarantee_is_one_line() -> None:
+    env = {"SHOPSCORE_BROKER": NOWHERE, "SHOPSCORE_PROCESSING_GUARANTEE": "twice"}
+    result = shopscore("worker", env=env)
+    assert_one_line_error(result, 2, "SHOPSCORE_PROCESSING_GUARANTEE", "exactly_once")
