@@ -238,6 +238,7 @@ def run_bench(
                 "batch_size": settings.batch_size,
                 "batch_within_s": settings.batch_within_s,
                 "store": settings.store,
+                "processing_guarantee": settings.processing_guarantee,
             },
             "options": dataclasses.asdict(options),
             "elapsed_s": round(time.monotonic() - began, 1),
