@@ -182,6 +182,8 @@ class ApacheKafka:
         start_timeout: float = 90.0,
         log_level: str = "WARN",
         overrides: dict[str, str] | None = None,
+        port: int | None = None,
+        controller_port: int | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
@@ -192,14 +194,21 @@ class ApacheKafka:
         self.start_timeout = start_timeout
         self.log_level = log_level
         self.overrides = dict(overrides or {})
-        self.port = free_port(host)
-        self.controller_port = free_port(host)
+        self.port = port or free_port(host)
+        self.controller_port = controller_port or free_port(host)
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"kafka://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     # -- lifecycle ------------------------------------------------------------------------------
 

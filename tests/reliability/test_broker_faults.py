@@ -2,8 +2,9 @@
 
 Each test has a broker of its own on a fixed port, so it can be frozen (SIGSTOP: connections
 stay open and nothing answers, a hung or partitioned broker), killed (SIGKILL: refused
-connections), and started again on the same port: the embedded Tansu keeps data in memory
-only, so a restarted broker is an empty one (no topics, no committed offsets, no changelogs).
+connections), and started again on the same port, empty (no topics, no committed offsets, no
+changelogs): the embedded Tansu keeps data in memory only; an Apache Kafka node is started
+on a fresh log directory. Each test runs on both.
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream.kafka.admin import ensure_topics
+from stream.settings import Settings
+from stream.tools.apache_kafka import ApacheKafka
 from stream.tools.broker import EmbeddedBroker, free_port
 from stream.tools.embedded import WorkerProcess
 
@@ -36,26 +40,47 @@ DETECT_SLACK_S = 4.0
 STALL_S = 15.0
 EXIT_GRACE_S = 10.0
 
+#: The tests' partition count (``settings``' own).
+PARTITIONS = 4
+
 _NOISY = re.compile(r"\] \[(ERROR|WARNING|CRITICAL)\] ")
 
 
 class _OwnBroker:
     """A broker on a fixed port that can be frozen, killed and started again (empty)."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, kind: str, log_dir: Path) -> None:
+        self.kind = kind
         self.port = free_port()
+        self.controller_port = free_port()
         self.log_dir = log_dir
         self.starts = 0
         self.broker = self._start()
 
-    def _start(self) -> EmbeddedBroker:
+    def _start(self) -> EmbeddedBroker | ApacheKafka:
         self.starts += 1
+        if self.kind == "kafka":
+            node = ApacheKafka(
+                self.log_dir / f"kafka{self.starts}",
+                port=self.port,
+                controller_port=self.controller_port,
+                # As compose ties them: topics a client re-creates on the empty broker (the
+                # worker's metadata requests do) get the deployment's partition count.
+                overrides={"num.partitions": str(PARTITIONS)},
+            )
+            return node.start()
         log = self.log_dir / f"broker{self.starts}.log"
         return EmbeddedBroker(port=self.port, log_path=log).start()
 
     @property
     def url(self) -> str:
         return self.broker.url
+
+    def settings(self, settings: Settings, **changes: Any) -> Settings:
+        """``settings`` on this broker (Kafka refuses sessions under 6 s: compose's timings)."""
+        if self.kind == "kafka":
+            changes = {"session_timeout_ms": 10_000, "rebalance_timeout_ms": 10_000, **changes}
+        return dataclasses.replace(settings, broker=self.url, **changes)
 
     def signal(self, sig: int) -> None:
         assert self.broker.pid is not None
@@ -74,9 +99,9 @@ class _OwnBroker:
         self.broker.stop()
 
 
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[_OwnBroker]:
-    broker = _OwnBroker(tmp_path)
+@pytest.fixture(params=["embedded", "kafka"])
+def own_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[_OwnBroker]:
+    broker = _OwnBroker(request.param, tmp_path)
     try:
         yield broker
     finally:
@@ -126,7 +151,7 @@ def _clicks(n: int, tag: str, users: int) -> list[tuple[str, bytes, bytes, int]]
 def test_a_frozen_broker_is_reported_down_and_the_worker_is_ready_after_it_resumes(
     settings, own_broker, start_worker, wait
 ) -> None:
-    settings = dataclasses.replace(settings, broker=own_broker.url)
+    settings = own_broker.settings(settings)
     worker = start_worker(settings)
     assert worker.health()["broker_up"] is True
     own_broker.signal(signal.SIGSTOP)
@@ -150,7 +175,7 @@ def test_a_frozen_broker_is_reported_down_and_the_worker_is_ready_after_it_resum
 def test_a_killed_broker_is_reported_down_and_errors_are_logged_at_a_bounded_rate(
     settings, own_broker, start_worker, wait, produce, worker_counts
 ) -> None:
-    settings = dataclasses.replace(settings, broker=own_broker.url)
+    settings = own_broker.settings(settings)
     worker = start_worker(settings)
     sent = produce(settings, _clicks(400, "before", 40))
     wait(lambda: worker_counts(worker).consumed >= sent, 60, 0.2)
@@ -173,7 +198,7 @@ def test_a_killed_broker_is_reported_down_and_errors_are_logged_at_a_bounded_rat
 
 
 def test_after_the_broker_restarts_empty_the_worker_recovers_or_exits_nonzero(
-    settings, own_broker, start_worker, wait, produce, worker_counts
+    request, settings, own_broker, start_worker, wait, produce, worker_counts
 ) -> None:
     """The broker dies while the worker is busy (writes to changelogs and outputs in flight)
     and comes back empty on the same port. Within the stall timeout plus the exit grace, the
@@ -185,9 +210,15 @@ def test_after_the_broker_restarts_empty_the_worker_recovers_or_exits_nonzero(
     the restarted broker can leave a partition that serves no fetch and refuses every later
     write, "AlreadyExists ... 00000000000000000000.batch" in its log, which no worker can
     read back. Apache Kafka has no such state.)"""
-    settings = dataclasses.replace(
-        settings, broker=own_broker.url, stall_timeout_ms=int(STALL_S * 1000)
-    )
+    if own_broker.kind == "kafka":
+        # Found by this test on Apache Kafka, not fixed yet: the empty broker numbers the
+        # partitions' records from 0 again, the worker's offset continuity still expects the
+        # old offsets, skips every new record as already seen, and stays ready without
+        # applying anything (docs/benchmarks.md, "Known limitations"). Strict: a fix shows.
+        request.applymarker(
+            pytest.mark.xfail(strict=True, reason="offsets reset on an empty broker")
+        )
+    settings = own_broker.settings(settings, stall_timeout_ms=int(STALL_S * 1000))
     worker = start_worker(settings)
     sent = produce(settings, _clicks(10_000, "before", 400))
     wait(lambda: worker_counts(worker).consumed >= 1_000, 60, 0.05)
