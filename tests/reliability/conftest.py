@@ -79,6 +79,29 @@ def mid_backlog(
 
 
 @pytest.fixture
+def kill_repeatedly(start_worker: Any, wait: Any, worker_counts: Any) -> Callable[..., Any]:
+    """``kill_repeatedly(settings, kills, published, rng)``: start a worker, and ``kills`` times
+    SIGKILL it at a random point of its work and start another; returns the last worker and
+    how many messages each killed one had consumed."""
+
+    def run(settings: Settings, kills: int, published: int, rng: Any) -> tuple[Any, list[int]]:
+        worker = start_worker(settings, name="worker-0")
+        killed_at: list[int] = []
+        for kill in range(1, kills + 1):
+            # A random point: after this process consumed a random number of messages, or
+            # earlier still, right at its start (first batch in flight).
+            threshold = rng.choice([1, rng.randrange(100, published // (2 * kills))])
+            wait(lambda w=worker, t=threshold: worker_counts(w).consumed >= t, 120, 0.05)
+            time.sleep(rng.uniform(0, 0.2))
+            killed_at.append(int(worker_counts(worker).consumed))
+            worker.kill()
+            worker = start_worker(settings, name=f"worker-{kill}")
+        return worker, killed_at
+
+    return run
+
+
+@pytest.fixture
 def produce() -> Callable[..., int]:
     return _produce
 

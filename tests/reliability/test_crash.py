@@ -15,7 +15,7 @@ KILLS = 5
 
 
 def test_five_kill_9s_lose_no_event_and_every_user_has_scores(
-    settings, start_worker, wait, worker_counts, dump, helpers, settle, wait_lag_zero, tmp_path
+    settings, kill_repeatedly, wait, dump, helpers, settle, wait_lag_zero, tmp_path
 ) -> None:
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
@@ -30,17 +30,7 @@ def test_five_kill_9s_lose_no_event_and_every_user_has_scores(
     # limitations": a worker that keeps pace with a time-compressed replay may see late events).
     published = helpers.replay_cli(settings, log)
     assert published == total
-    worker = start_worker(settings, name="worker-0")
-    killed_at = []
-    for kill in range(1, KILLS + 1):
-        # A random point: after this process consumed a random number of messages, or earlier
-        # still, after a random delay right at its start (first batch in flight).
-        threshold = rng.choice([1, rng.randrange(100, total // (2 * KILLS))])
-        wait(lambda w=worker, t=threshold: worker_counts(w).consumed >= t, 120, 0.05)
-        time.sleep(rng.uniform(0, 0.2))
-        killed_at.append(int(worker_counts(worker).consumed))
-        worker.kill()
-        worker = start_worker(settings, name=f"worker-{kill}")
+    worker, killed_at = kill_repeatedly(settings, KILLS, published, rng)
     print(f"crash: seed {seed}, killed after {killed_at} messages, {time.monotonic() - t0:.1f}s")
     wait_lag_zero([worker])
     settle([worker.url], expected)

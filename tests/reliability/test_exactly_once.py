@@ -62,7 +62,7 @@ def committed(settings: Settings, topic: str) -> list[tuple[bytes | None, bytes 
 
 
 def test_three_kill_9s_never_show_a_scoring_twice(
-    kafka, settings, start_worker, wait, worker_counts, helpers, settle, wait_lag_zero, tmp_path
+    kafka, settings, kill_repeatedly, wait, helpers, settle, wait_lag_zero, tmp_path
 ) -> None:
     settings = dataclasses.replace(
         settings,
@@ -78,15 +78,7 @@ def test_three_kill_9s_never_show_a_scoring_twice(
     expected, _ = helpers.offline_views(log, int(time.time() * 1000))
     published = helpers.replay_cli(settings, log)
 
-    worker = start_worker(settings, name="worker-0")
-    killed_at = []
-    for kill in range(1, KILLS + 1):
-        threshold = rng.randrange(100, published // (2 * KILLS))
-        wait(lambda w=worker, t=threshold: worker_counts(w).consumed >= t, 120, 0.05)
-        time.sleep(rng.uniform(0, 0.3))
-        killed_at.append(int(worker_counts(worker).consumed))
-        worker.kill()
-        worker = start_worker(settings, name=f"worker-{kill}")
+    worker, killed_at = kill_repeatedly(settings, KILLS, published, rng)
     print(f"exactly-once: seed {seed}, killed after {killed_at} messages")
     wait_lag_zero([worker])
     settle([worker.url], expected)

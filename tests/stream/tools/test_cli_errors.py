@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,6 +30,21 @@ def shopscore(*args: str, env: dict[str, str] | None = None, cwd: Path | None = 
         capture_output=True,
         text=True,
         timeout=120,
+    )
+
+
+def worker_settings(url: str, tmp_path: Path, name: str, **changes: Any) -> Any:
+    """Settings of a worker of its own (app id, topics, port, data dir) on the broker ``url``."""
+    from stream.settings import Settings
+    from stream.tools.broker import free_port
+
+    return Settings(
+        broker=url,
+        app_id=f"shopscore-{name}",
+        topic_prefix=f"{name}-{free_port()}.",
+        web_port=free_port(),
+        data_dir=tmp_path / "data",
+        **changes,
     )
 
 
@@ -149,17 +165,7 @@ def test_worker_whose_http_port_is_taken(broker: EmbeddedBroker, tmp_path: Path)
 def test_a_session_timeout_apache_kafka_refuses_is_one_line(kafka, tmp_path: Path) -> None:
     """Kafka refuses a consumer session under group.min.session.timeout.ms (6 s) with a fatal
     join error, after which Faust would wait forever, never ready: the worker asks first."""
-    from stream.settings import Settings
-    from stream.tools.broker import free_port
-
-    settings = Settings(
-        broker=kafka.url,
-        app_id="shopscore-session-check",
-        topic_prefix="session-check.",
-        web_port=free_port(),
-        data_dir=tmp_path / "data",
-        session_timeout_ms=4_000,
-    )
+    settings = worker_settings(kafka.url, tmp_path, "session-check", session_timeout_ms=4_000)
     result = shopscore("worker", env=settings.env())
     assert_one_line_error(
         result, 2, "SHOPSCORE_SESSION_TIMEOUT=4s", "group.min.session.timeout.ms=6000", "10s"
@@ -174,17 +180,7 @@ def test_an_input_topic_with_another_partition_count_is_one_line(broker, tmp_pat
 
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    from stream.settings import Settings
-    from stream.tools.broker import free_port
-
-    settings = Settings(
-        broker=broker.url,
-        app_id="shopscore-partition-check",
-        topic_prefix=f"partition-check-{free_port()}.",
-        web_port=free_port(),
-        data_dir=tmp_path / "data",
-        partitions=4,
-    )
+    settings = worker_settings(broker.url, tmp_path, "partition-check", partitions=4)
 
     async def create() -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers())
@@ -202,16 +198,8 @@ def test_an_input_topic_with_another_partition_count_is_one_line(broker, tmp_pat
 @pytest.mark.broker
 def test_exactly_once_on_the_embedded_broker_is_one_line(broker, tmp_path: Path) -> None:
     """The embedded broker has no transactions: the worker says so before it starts."""
-    from stream.settings import Settings
-    from stream.tools.broker import free_port
-
-    settings = Settings(
-        broker=broker.url,
-        app_id="shopscore-eos-check",
-        topic_prefix=f"eos-check-{free_port()}.",
-        web_port=free_port(),
-        data_dir=tmp_path / "data",
-        processing_guarantee="exactly_once",
+    settings = worker_settings(
+        broker.url, tmp_path, "eos-check", processing_guarantee="exactly_once"
     )
     result = shopscore("worker", env=settings.env())
     assert_one_line_error(
