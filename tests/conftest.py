@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from stream.settings import Settings
-from stream.tools.apache_kafka import ApacheKafka
+from stream.tools.apache_kafka import ApacheKafka, on_kafka
 from stream.tools.broker import EmbeddedBroker, free_port
 from stream.tools.dump import dump_topic
 from stream.tools.embedded import WorkerProcess, read_worker_metrics
@@ -72,14 +72,8 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
     broker unless the test is parametrized with ``kafka`` (``both_brokers``)."""
     kind = getattr(request, "param", "embedded")
     tag = f"t{os.getpid()}x{next(_counter)}x{uuid.uuid4().hex[:6]}"
-    if kind == "kafka":
-        url = request.getfixturevalue("kafka").url
-        # Kafka refuses sessions under group.min.session.timeout.ms (6 s); compose's values.
-        timings = {"session_timeout_ms": 10_000, "rebalance_timeout_ms": 10_000}
-    else:
-        url = request.getfixturevalue("broker").url
-        timings = {"rebalance_timeout_ms": 2_000}
-    return Settings(
+    url = request.getfixturevalue("kafka" if kind == "kafka" else "broker").url
+    settings = Settings(
         broker=url,
         app_id=f"shopscore-{tag}",
         topic_prefix=f"{tag}.",
@@ -87,8 +81,9 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
         web_port=free_port(),
         data_dir=tmp_path / "data",
         log_level="info",
-        **timings,
+        rebalance_timeout_ms=2_000,
     )
+    return on_kafka(settings, url) if kind == "kafka" else settings
 
 
 @pytest.fixture

@@ -57,6 +57,9 @@ class ChangelogRecord(NamedTuple):
     table: str
 
 
+#: Records to send: by source partition (None unless exactly-once), then by topic partition.
+_Groups = dict[int | None, dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]]]
+
 #: ``on_persisted(table, tp, offset)``: ``offset`` of ``table``'s changelog ``tp`` is on the
 #: broker.
 OnPersisted = Callable[[str, TP, int], None]
@@ -96,18 +99,19 @@ class BatchSender:
         if size > limit:  # as aiokafka's own send refuses it
             self._refuse(f"a {size}-byte record is over max_request_size {limit}", topic, size)
 
-    def _transaction(self, source: int | None) -> str | None:
+    def _source(self, source: int | None) -> int | None:
+        """What a record is grouped by before its partition: its source partition with
+        exactly-once (one transaction each), else None (one group)."""
         if self._transactional_id is None:
             return None
         if source is None:
             raise ValueError("exactly-once: a record without its source partition")
-        return self._transactional_id(source)
+        return source
 
     async def send(self, records: Iterable[OutputRecord]) -> int:
         """Produce ``records``; the number of record batches it took."""
         client, limit = self._client()
-        by_partition: dict[tuple[str | None, str, int], list[tuple[bytes | None, bytes | None]]]
-        by_partition = {}
+        groups: _Groups = {}
         for record in records:
             topic = self._topic(record.topic)
             self._check_size(topic, record.key, record.value, limit)
@@ -118,9 +122,9 @@ class BatchSender:
                     partition = next(self._spread) % count
                 else:
                     partition = (murmur2(record.key) & 0x7FFFFFFF) % count
-            group = (self._transaction(record.source), topic, partition)
-            by_partition.setdefault(group, []).append((record.key, record.value))
-        return await self._send_grouped(client, by_partition, None)
+            by_partition = groups.setdefault(self._source(record.source), {})
+            by_partition.setdefault((topic, partition), []).append((record.key, record.value))
+        return await self._send_grouped(client, groups, None)
 
     async def send_changelog(
         self, records: Iterable[ChangelogRecord], on_persisted: OnPersisted
@@ -128,35 +132,35 @@ class BatchSender:
         """Produce table changelog records (each to its explicit partition); ``on_persisted``
         learns each partition's last offset once its batch is on the broker."""
         client, limit = self._client()
-        by_partition: dict[tuple[str | None, str, int], list[tuple[bytes | None, bytes | None]]]
-        by_partition = {}
+        groups: _Groups = {}
         tables: dict[str, str] = {}
         for record in records:
             self._check_size(record.topic, record.key, record.value, limit)
             tables[record.topic] = record.table
-            group = (self._transaction(record.partition), record.topic, record.partition)
-            by_partition.setdefault(group, []).append((record.key, record.value))
+            by_partition = groups.setdefault(self._source(record.partition), {})
+            by_partition.setdefault((record.topic, record.partition), []).append(
+                (record.key, record.value)
+            )
 
         def persisted(topic: str, partition: int, done: asyncio.Future[Any], n: int) -> None:
             if not done.cancelled() and done.exception() is None:
                 on_persisted(tables[topic], TP(topic, partition), done.result().offset + n - 1)
 
-        return await self._send_grouped(client, by_partition, persisted)
+        return await self._send_grouped(client, groups, persisted)
 
     async def _send_grouped(
         self,
         client: Any,
-        by_partition: dict[tuple[str | None, str, int], list[tuple[bytes | None, bytes | None]]],
+        groups: _Groups,
         on_done: Callable[[str, int, asyncio.Future[Any], int], None] | None,
     ) -> int:
-        by_transaction: dict[str | None, list[tuple[str, int, list[Any]]]] = {}
-        for (transaction, topic, partition), group in by_partition.items():
-            by_transaction.setdefault(transaction, []).append((topic, partition, group))
         sent = 0
-        for transaction, groups in by_transaction.items():
-            if transaction is None:
-                sent += await self._send_groups(client, groups, on_done)
+        for source, by_partition in groups.items():
+            if source is None:
+                sent += await self._send_batches(client, by_partition, on_done)
                 continue
+            assert self._transactional_id is not None  # a source is kept only then
+            transaction = self._transactional_id(source)
             producer = self.producer
             # Faust's lock for this transaction: its commit (offsets, end, begin) never runs
             # between the batches sent here.
@@ -165,19 +169,21 @@ class BatchSender:
                 if txn_client is None:
                     # Its partition was revoked meanwhile: the transaction is fenced, and the
                     # new owner reads the uncommitted inputs again and produces these anew.
-                    log.info("dropping %d record batches of revoked %s", len(groups), transaction)
+                    log.info(
+                        "dropping %d record batches of revoked %s", len(by_partition), transaction
+                    )
                     continue
-                sent += await self._send_groups(txn_client, groups, on_done)
+                sent += await self._send_batches(txn_client, by_partition, on_done)
         return sent
 
-    async def _send_groups(
+    async def _send_batches(
         self,
         client: Any,
-        groups: list[tuple[str, int, list[tuple[bytes | None, bytes | None]]]],
+        by_partition: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]],
         on_done: Callable[[str, int, asyncio.Future[Any], int], None] | None,
     ) -> int:
         sent = 0
-        for topic, partition, group in groups:
+        for (topic, partition), group in by_partition.items():
             batch = client.create_batch()
             size = n = 0
             for key, value in group:

@@ -222,10 +222,7 @@ class _Consumer(faust_aiokafka.Consumer):
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
-        lock = self.commit_lock
-        if lock is None:
-            return await super().commit(topics, start_new_transaction)
-        async with lock:
+        async with self.commit_lock or contextlib.nullcontext():
             return await super().commit(topics, start_new_transaction)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover

@@ -14,6 +14,7 @@ parent (``PR_SET_PDEATHSIG``): an interrupted test run leaves no orphan behind.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import signal
@@ -24,14 +25,17 @@ from typing import IO, Any
 
 from stream.errors import BrokerError, ConfigError
 from stream.kafka.probe import kafka_ready
+from stream.settings import Settings
 from stream.tools.broker import _die_with_parent, free_port
 
 __all__ = [
+    "CLIENT_TIMEOUT_MS",
     "CLUSTER_ID",
     "KAFKA_VERSION",
     "SERVER_SETTINGS",
     "ApacheKafka",
     "default_cache_dir",
+    "on_kafka",
     "resolve_jars",
     "server_properties",
 ]
@@ -56,6 +60,10 @@ SERVER_SETTINGS: dict[str, str] = {
     "group.initial.rebalance.delay.ms": "0",
     "num.partitions": "6",
 }
+#: The compose file's worker session and rebalance timeouts: Kafka refuses consumer sessions
+#: under its ``group.min.session.timeout.ms`` (6 s by default).
+CLIENT_TIMEOUT_MS = 10_000
+
 #: The compose file's ``CLUSTER_ID`` (the log directory is formatted for it).
 CLUSTER_ID = "c2hvcHNjb3JlLWRlbW8tMQ"
 
@@ -88,6 +96,18 @@ appender.out.layout.pattern = [%d] %p %m (%c)%n
 rootLogger.level = {level}
 rootLogger.appenderRef.out.ref = out
 """
+
+
+def on_kafka(settings: Settings, url: str, **changes: object) -> Settings:
+    """``settings`` pointed at the Apache Kafka at ``url``, with session and rebalance timeouts
+    of at least ``CLIENT_TIMEOUT_MS``, and ``changes``."""
+    return dataclasses.replace(
+        settings,
+        broker=url,
+        session_timeout_ms=max(settings.session_timeout_ms, CLIENT_TIMEOUT_MS),
+        rebalance_timeout_ms=max(settings.rebalance_timeout_ms, CLIENT_TIMEOUT_MS),
+        **changes,  # type: ignore[arg-type]
+    )
 
 
 def default_cache_dir() -> Path:

@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from stream.settings import Settings
+from stream.tools.apache_kafka import on_kafka
 from stream.tools.broker import _die_with_parent, free_port
 from stream.tools.embedded import WorkerProcess
 from stream.tools.generator import GeneratorConfig, truth_path, write_log
@@ -186,12 +187,7 @@ def scraped(
     """On the embedded broker, and on Apache Kafka (the session's ``kafka`` node)."""
     tmp = tmp_path_factory.mktemp("scraped")
     tag = f"p{os.getpid()}x{uuid.uuid4().hex[:6]}"
-    if request.param == "kafka":
-        url = request.getfixturevalue("kafka").url
-        timings = {"session_timeout_ms": 10_000, "rebalance_timeout_ms": 10_000}
-    else:
-        url = request.getfixturevalue("broker").url
-        timings = {"rebalance_timeout_ms": 2_000}
+    url = request.getfixturevalue("kafka" if request.param == "kafka" else "broker").url
     settings = Settings(
         broker=url,
         app_id=f"shopscore-{tag}",
@@ -199,8 +195,10 @@ def scraped(
         partitions=4,
         web_port=free_port(),
         data_dir=tmp / "data",
-        **timings,
+        rebalance_timeout_ms=2_000,
     )
+    if request.param == "kafka":
+        settings = on_kafka(settings, url)
     worker = WorkerProcess(settings, log_path=tmp / "worker.log").start()
     prometheus: Prometheus | None = None
     try:

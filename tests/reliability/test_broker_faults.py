@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stream.kafka.admin import ensure_topics
 from stream.settings import Settings
-from stream.tools.apache_kafka import ApacheKafka
+from stream.tools.apache_kafka import ApacheKafka, on_kafka
 from stream.tools.broker import EmbeddedBroker, free_port
 from stream.tools.embedded import WorkerProcess
 
@@ -77,9 +77,9 @@ class _OwnBroker:
         return self.broker.url
 
     def settings(self, settings: Settings, **changes: Any) -> Settings:
-        """``settings`` on this broker (Kafka refuses sessions under 6 s: compose's timings)."""
+        """``settings`` on this broker, with ``changes``."""
         if self.kind == "kafka":
-            changes = {"session_timeout_ms": 10_000, "rebalance_timeout_ms": 10_000, **changes}
+            return on_kafka(settings, self.url, **changes)
         return dataclasses.replace(settings, broker=self.url, **changes)
 
     def signal(self, sig: int) -> None:

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from stream.tools.apache_kafka import ApacheKafka
+from stream.tools.apache_kafka import ApacheKafka, on_kafka
 from stream.tools.broker import EmbeddedBroker
 
 pytestmark = pytest.mark.broker
@@ -29,16 +29,14 @@ OUTAGE_S = 30
 
 @pytest.fixture(params=["embedded", "kafka"])
 def own_broker(request, tmp_path):
-    """(broker, its pid, the client timings it needs)."""
+    """The broker, on a log of its own."""
     if request.param == "kafka":
         broker = ApacheKafka(tmp_path / "kafka").start()
-        pid = broker.proc.pid
-        timings = {"session_timeout_ms": 10_000, "rebalance_timeout_ms": 10_000}
     else:
         broker = EmbeddedBroker(log_path=tmp_path / "broker.log").start()
-        pid, timings = broker.pid, {}
+    pid = broker.pid
     try:
-        yield broker, pid, timings
+        yield broker
     finally:
         if pid is not None:
             os.kill(pid, signal.SIGCONT)  # a stopped process never handles SIGTERM
@@ -48,8 +46,12 @@ def own_broker(request, tmp_path):
 def test_worker_recovers_from_a_30s_broker_outage_without_restart_or_loss(
     settings, own_broker, mid_backlog, settle, wait_lag_zero
 ) -> None:
-    broker, pid_of_broker, timings = own_broker
-    backlog = mid_backlog(dataclasses.replace(settings, broker=broker.url, **timings), 17)
+    if isinstance(own_broker, ApacheKafka):
+        settings = on_kafka(settings, own_broker.url)
+    else:
+        settings = dataclasses.replace(settings, broker=own_broker.url)
+    backlog = mid_backlog(settings, 17)
+    pid_of_broker = own_broker.pid
     os.kill(pid_of_broker, signal.SIGSTOP)
     try:
         time.sleep(OUTAGE_S)

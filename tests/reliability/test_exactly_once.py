@@ -12,7 +12,6 @@ one line (``tests/stream/tools/test_cli_errors.py``).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import random
 import time
 from collections import Counter
@@ -23,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream.contract.topics import OUTPUT_TOPICS
 from stream.settings import Settings
+from stream.tools.apache_kafka import on_kafka
 from stream.tools.generator import GeneratorConfig, write_log
 
 pytestmark = pytest.mark.broker
@@ -64,13 +64,7 @@ def committed(settings: Settings, topic: str) -> list[tuple[bytes | None, bytes 
 def test_three_kill_9s_never_show_a_scoring_twice(
     kafka, settings, kill_repeatedly, wait, helpers, settle, wait_lag_zero, tmp_path
 ) -> None:
-    settings = dataclasses.replace(
-        settings,
-        broker=kafka.url,
-        session_timeout_ms=10_000,
-        rebalance_timeout_ms=10_000,
-        processing_guarantee="exactly_once",
-    )
+    settings = on_kafka(settings, kafka.url, processing_guarantee="exactly_once")
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     log = tmp_path / "log.jsonl"

@@ -11,13 +11,12 @@ twice) and a score for every user. The broker is a dedicated one, so no other te
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import signal
 import time
 
 import pytest
 
-from stream.tools.apache_kafka import ApacheKafka
+from stream.tools.apache_kafka import ApacheKafka, on_kafka
 from stream.tools.dump import dump_topic
 
 pytestmark = pytest.mark.broker
@@ -38,9 +37,7 @@ def own_kafka(tmp_path):
 def test_worker_recovers_when_apache_kafka_is_down_for_60s(
     sig, settings, own_kafka, mid_backlog, settle, wait_lag_zero
 ) -> None:
-    settings = dataclasses.replace(
-        settings, broker=own_kafka.url, session_timeout_ms=10_000, rebalance_timeout_ms=10_000
-    )
+    settings = on_kafka(settings, own_kafka.url)
     backlog = mid_backlog(settings, 23)
     own_kafka.stop(sig=sig)
     time.sleep(DOWN_S)

@@ -19,7 +19,7 @@ from stream import __version__
 from stream.errors import ShopscoreError
 from stream.kafka.admin import check_reachable
 from stream.settings import Settings
-from stream.tools.apache_kafka import KAFKA_VERSION, ApacheKafka
+from stream.tools.apache_kafka import KAFKA_VERSION, ApacheKafka, on_kafka
 from stream.tools.bench.baselines import bare_throughput, consume_only_throughput
 from stream.tools.bench.common import Progress, phase_settings, stderr_progress
 from stream.tools.bench.events import generate, publish_events
@@ -104,12 +104,7 @@ def run_bench(
         if settings.broker is None and options.broker_kind == "kafka":
             progress(f"starting Apache Kafka {KAFKA_VERSION} (first run: its jars via Maven)")
             broker = ApacheKafka(workdir / "kafka", log_path=workdir / "kafka.log").start()
-            # Kafka refuses sessions under group.min.session.timeout.ms (compose's timings).
-            settings = dataclasses.replace(
-                settings.with_broker(broker.url),
-                session_timeout_ms=max(settings.session_timeout_ms, 10_000),
-                rebalance_timeout_ms=max(settings.rebalance_timeout_ms, 10_000),
-            )
+            settings = on_kafka(settings, broker.url)
             broker_info: dict[str, Any] = {
                 "kind": "kafka",
                 "name": "apache-kafka",
