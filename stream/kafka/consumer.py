@@ -5,7 +5,8 @@ Faust or aiokafka upgrade means reading this module (and ``compat``), not the wo
 
 - offset continuity: a message Faust let vanish is noticed at the next offset, and the
   partition is sought back to it (``stream.kafka.offsets``); a message lost at a partition's
-  end is noticed once nothing arrives at all (``reread_lost_tails``);
+  end is noticed once nothing arrives at all (``reread_lost_tails``); a log that restarts
+  below what was delivered (the broker lost it) raises ``LogReset``;
 - whether a partition is caught up, for event-time alignment (aiokafka's fetch state, the
   committed offset, the log start);
 - stuck partitions: Faust's lost buffer-drop signal (``resume_stuck_partitions``);
@@ -29,7 +30,7 @@ from faust.types import TP, EventT
 
 from stream.contract.topics import CLOCK, INPUT_TOPICS
 from stream.kafka.compat import first_offsets
-from stream.kafka.offsets import OffsetContinuity, Verdict
+from stream.kafka.offsets import OffsetContinuity, Verdict, check_log_end
 from stream.pipeline.records import InputRecord
 
 __all__ = ["LOST_TAIL_QUIET_S", "STUCK_PARTITION_S", "InputFeed", "acting_as"]
@@ -80,6 +81,9 @@ class InputFeed:
         self._delivered_at: dict[TP, float] = {}
         self._log_start: dict[TP, int] = {}
         self._buffered_since: dict[TP, float] = {}
+        #: One past the highest offset taken from each partition in an earlier assignment:
+        #: a log now ending below it was lost by the broker (``_check_log_end``).
+        self._taken_before: dict[TP, int] = {}
 
     # -- in: a batch of events ----------------------------------------------------------------
 
@@ -99,7 +103,9 @@ class InputFeed:
             tp = message.tp
             verdict = self.continuity.check(tp, message.offset, committed_offsets.get(tp), now=now)
             if verdict is not Verdict.TAKE:
-                if verdict is Verdict.REWIND:
+                if verdict is Verdict.SEEN:
+                    self._check_log_end(tp)  # a log restarted below ``expected``: LogReset
+                elif verdict is Verdict.REWIND:
                     expected = self.continuity.expected(tp)
                     if expected is not None:
                         rewind[tp] = expected
@@ -122,6 +128,67 @@ class InputFeed:
                 )
             )
         return records, rewind
+
+    def _check_log_end(self, tp: TP) -> bool:
+        """Raise ``LogReset`` if ``tp``'s log now ends below offsets this process took; False
+        if only the offset reading resumes from is past its end
+        (``stream.kafka.offsets.check_log_end``).
+
+        A re-read after a seek also delivers offsets below the expected one, but from an intact
+        log, whose end (a fetch's high watermark, right on every broker) is past them."""
+        consumer = self.app.consumer
+        taken = max(
+            (
+                o
+                for o in (self.continuity.expected(tp), self._taken_before.get(tp))
+                if o is not None
+            ),
+            default=None,
+        )
+        resume = max(
+            (
+                o
+                for o in (consumer._committed_offset.get(tp), consumer._read_offset.get(tp))
+                if o is not None
+            ),
+            default=None,
+        )
+        return check_log_end(tp, getattr(self._fetch_state(tp), "highwater", None), taken, resume)
+
+    async def check_log_ends(self) -> None:
+        """Check every assigned input partition's log end (``_check_log_end``), and read a
+        partition whose committed offset is past its end from its start.
+
+        On a timer, not only as records arrive: Faust drops every record below its read offset
+        (the committed one after an assignment) before the agent sees it, and aiokafka has by
+        then moved past them to the log's end. Seen on Apache Kafka brought back on an empty
+        directory: the worker stayed ready and applied nothing."""
+        consumer = self.app.consumer
+        past = [
+            tp
+            for tp in consumer.assignment()
+            if tp.topic in self._contract and not self._check_log_end(tp)
+        ]
+        if not past:
+            return
+        for tp in past:
+            log.warning(
+                "%s: the committed offset %s is past the log's end %s (the broker lost its "
+                "data, or the topic was recreated); reading the partition from its start",
+                tp,
+                consumer._committed_offset.get(tp),
+                getattr(self._fetch_state(tp), "highwater", None),
+            )
+            # What Faust forgets of a revoked partition: it is read as if newly assigned.
+            for kept in (consumer._read_offset, consumer._committed_offset, consumer._acked,
+                         consumer._acked_index, consumer._gap):  # fmt: skip
+                kept.pop(tp, None)
+        try:
+            starts = await consumer.earliest_offsets(*past)
+        except Exception as exc:  # an offset out of range resets to the start anyway
+            log.warning("could not read the partitions' first offsets (%s); seeking to 0", exc)
+            starts = {}
+        await consumer.seek_wait({tp: starts.get(tp) or 0 for tp in past})
 
     # -- out: acks and table writes -------------------------------------------------------------
 
@@ -288,6 +355,10 @@ class InputFeed:
 
     def forget(self, revoked: set[TP]) -> None:
         """Revoked partitions: their unacked messages are their new owner's to read again."""
+        for tp in revoked:
+            expected = self.continuity.expected(tp)
+            if expected is not None:
+                self._taken_before[tp] = max(expected, self._taken_before.get(tp, 0))
         self.continuity.forget(revoked)
         for tp in revoked:
             self._delivered_at.pop(tp, None)

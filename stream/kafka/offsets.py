@@ -16,6 +16,11 @@ skipped without seeking again for ``retry_s``, then the seek is repeated. Whethe
 real (offsets a compacted topic or transaction markers leave out) is asked of the broker, not
 guessed: the agent fetches the first offset at or after the missing one and ``accept``s the
 gap up to it.
+
+A log that restarts below offsets already delivered is not a gap but a loss: the broker lost
+its data (a node back on an empty directory, a truncated log) or the topic was recreated. Its
+new records carry offsets the agent has seen, so they would all be skipped as re-reads; the
+feed raises ``LogReset`` instead (``stream.kafka.consumer.InputFeed.take``).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import enum
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 
-__all__ = ["OffsetContinuity", "Verdict"]
+__all__ = ["LogReset", "OffsetContinuity", "Verdict", "check_log_end"]
 
 
 class Verdict(enum.Enum):
@@ -35,6 +40,45 @@ class Verdict(enum.Enum):
     REWIND = "rewind"
     #: Beyond a gap a seek is already reading again: skipped, no new seek.
     WAIT = "wait"
+
+
+class LogReset(Exception):
+    """A partition's log now ends below an offset this worker already processed."""
+
+    def __init__(self, tp: Hashable, expected: int, end: int) -> None:
+        self.tp, self.expected, self.end = tp, expected, end
+        super().__init__(
+            f"{tp}: the broker's log now ends at offset {end}, below offset {expected} that "
+            "this worker already processed: the broker lost its data or the topic was "
+            "recreated"
+        )
+
+
+def check_log_end(tp: Hashable, end: int | None, taken: int | None, committed: int | None) -> bool:
+    """Whether ``tp``'s log ``end`` (a fetch's high watermark) is still past what was done.
+
+    ``taken``: one past the last offset this process took from the partition; past the end,
+    the state it built stands on records the broker no longer has: ``LogReset``. ``committed``:
+    where the group's committed (or Faust's read) offset says reading resumes; past the end
+    (the offsets were committed before the loss, or by this very worker into the new log), it
+    only has to be forgotten, as Kafka's ``auto.offset.reset`` would: False. On an intact log
+    both are at most the end; unknowns are None.
+
+    >>> check_log_end("p", 500, 497, 388)
+    True
+    >>> check_log_end("p", 15, None, 388)
+    False
+    >>> check_log_end("p", 15, 497, 388)
+    Traceback (most recent call last):
+    ...
+    stream.kafka.offsets.LogReset: p: the broker's log now ends at offset 15, below offset 497 \
+that this worker already processed: the broker lost its data or the topic was recreated
+    """
+    if end is None or end < 0:
+        return True
+    if taken is not None and taken > end:
+        raise LogReset(tp, taken, end)
+    return committed is None or committed <= end
 
 
 @dataclass

@@ -29,6 +29,7 @@ from stream.kafka.compat import input_transactions
 from stream.kafka.compat import install as install_kafka_compat
 from stream.kafka.consumer import InputFeed
 from stream.kafka.intake import EventBatches
+from stream.kafka.offsets import LogReset
 from stream.kafka.options import faust_app_options
 from stream.kafka.raw_schema import RawSchema
 from stream.models.registry import load_models
@@ -56,6 +57,10 @@ from stream.worker.web import register_views
 __all__ = ["ShopscoreApp", "create_app"]
 
 log = logging.getLogger("shopscore")
+
+#: Exit status of a worker whose input log restarted below offsets it had processed (the
+#: broker lost its data): ``stream.kafka.offsets.LogReset``.
+LOG_RESET_EXIT_CODE = 4
 
 
 class ShopscoreApp:
@@ -153,6 +158,8 @@ class ShopscoreApp:
         self.broker_watch = install_broker_watch(self)
         #: Called with an exit status when the ingest agent fails (``_fatal``).
         self.on_fatal: Callable[[int], None] | None = None
+        #: Set by ``_fatal``: the worker is stopping, nothing more is to be checked.
+        self.failed = False
 
     def _codec_table(
         self, name: str, codec: str, help: str, check: Callable[[Any], str | None]
@@ -259,6 +266,20 @@ class ShopscoreApp:
         acked, freezing every later commit of their partitions, so the worker stops instead
         (``on_fatal``, set by ``shopscore worker``): nothing after the batch is committed, and
         its supervisor's restart reads it again."""
+        self.failed = True
+        if isinstance(exc, LogReset):
+            # Not a crash: this worker's state and offsets belong to data the broker no longer
+            # has. Going on would skip every new record as a re-read; a restart starts from
+            # what the broker holds now (its changelogs rebuild the state they still have).
+            log.error(
+                "%s; exiting with status %d so its supervisor restarts the worker from what "
+                "the broker holds now",
+                exc,
+                LOG_RESET_EXIT_CODE,
+            )
+            if self.on_fatal is not None:
+                self.on_fatal(LOG_RESET_EXIT_CODE)
+            return
         log.critical(
             "the ingest agent failed; stopping the worker so nothing after this batch is committed",
             exc_info=exc,

@@ -96,8 +96,9 @@ def run_worker(settings: Settings) -> None:
     otherwise create input topics on first use with whatever default the broker has, breaking
     co-partitioning of events and the users table.
 
-    Exits with status 0 after SIGINT/SIGTERM, 1 after a crash, and ``STALL_EXIT_CODE`` (3)
-    when the watchdog gave up on a worker that stayed not ready while the broker answered;
+    Exits with status 0 after SIGINT/SIGTERM, 1 after a crash, ``STALL_EXIT_CODE`` (3)
+    when the watchdog gave up on a worker that stayed not ready while the broker answered, and
+    ``LOG_RESET_EXIT_CODE`` (4) when an input log restarted below what it had processed;
     whatever the path, the process ends at most ``EXIT_GRACE_S`` after Faust has stopped.
     """
     check_web_port(settings.web_host, settings.web_port)
@@ -108,7 +109,13 @@ def run_worker(settings: Settings) -> None:
     shop = create_app(settings)
     watch = shop.broker_watch
     watch.on_stall = exit_process
-    shop.on_fatal = exit_process
+    fatal: list[int] = []  # the status a failure asked for: Faust's own ending says 0 or 1
+
+    def on_fatal(code: int) -> None:
+        fatal.append(code)
+        exit_process(code)
+
+    shop.on_fatal = on_fatal
     logging.getLogger("shopscore").setLevel(settings.log_level.upper().replace("WARN", "WARNING"))
     worker = _Worker(
         shop.app,
@@ -129,6 +136,8 @@ def run_worker(settings: Settings) -> None:
     finally:
         if watch.exit_code is not None:
             code = watch.exit_code
+        elif fatal:
+            code = fatal[0]
         # Faust's threads can keep the interpreter from ending once Faust has stopped (seen
         # after a crash: the process lingered for good after "Reraising original exception").
         _arm_hard_exit(code, EXIT_GRACE_S)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from faust.types import TP
 
 from stream.kafka.consumer import LOST_TAIL_QUIET_S, STUCK_PARTITION_S
+from stream.kafka.offsets import LogReset
 from stream.worker.model_swap import swap_models
 
 if TYPE_CHECKING:
@@ -80,6 +81,16 @@ def register_timers(worker: ShopscoreApp) -> None:
         await worker.feed.reread_lost_tails(LOST_TAIL_QUIET_S)
 
     worker.app.timer(1.0, name="shopscore.reread_lost_tails")(reread_lost_tails)
+
+    async def check_log_ends() -> None:
+        if worker.failed:  # stopping already
+            return
+        try:
+            await worker.feed.check_log_ends()
+        except LogReset as exc:
+            worker._fatal(exc)
+
+    worker.app.timer(1.0, name="shopscore.check_log_ends")(check_log_ends)
 
     async def resume_stuck_partitions() -> None:
         worker.feed.resume_stuck_partitions(STUCK_PARTITION_S)

@@ -22,13 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from stream.contract.topics import INPUT_TOPICS
 from stream.kafka.admin import ensure_topics
 from stream.settings import Settings
 from stream.tools.apache_kafka import ApacheKafka, on_kafka
 from stream.tools.broker import EmbeddedBroker, free_port
 from stream.tools.embedded import WorkerProcess
+from stream.worker.app import LOG_RESET_EXIT_CODE
 
 pytestmark = pytest.mark.broker
 
@@ -198,7 +201,7 @@ def test_a_killed_broker_is_reported_down_and_errors_are_logged_at_a_bounded_rat
 
 
 def test_after_the_broker_restarts_empty_the_worker_recovers_or_exits_nonzero(
-    request, settings, own_broker, start_worker, wait, produce, worker_counts
+    settings, own_broker, start_worker, wait, produce, worker_counts
 ) -> None:
     """The broker dies while the worker is busy (writes to changelogs and outputs in flight)
     and comes back empty on the same port. Within the stall timeout plus the exit grace, the
@@ -209,15 +212,9 @@ def test_after_the_broker_restarts_empty_the_worker_recovers_or_exits_nonzero(
     (A supervisor's restart is not checked here: on Tansu, the producer's writes retried into
     the restarted broker can leave a partition that serves no fetch and refuses every later
     write, "AlreadyExists ... 00000000000000000000.batch" in its log, which no worker can
-    read back. Apache Kafka has no such state.)"""
-    if own_broker.kind == "kafka":
-        # Found by this test on Apache Kafka, not fixed yet: the empty broker numbers the
-        # partitions' records from 0 again, the worker's offset continuity still expects the
-        # old offsets, skips every new record as already seen, and stays ready without
-        # applying anything (docs/benchmarks.md, "Known limitations"). Strict: a fix shows.
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason="offsets reset on an empty broker")
-        )
+    read back. Apache Kafka has no such state: there the worker notices that its input logs
+    now end below offsets it processed, exits with status 4, and a new worker reads the new
+    logs from their start although the group's committed offsets point past their ends.)"""
     settings = own_broker.settings(settings, stall_timeout_ms=int(STALL_S * 1000))
     worker = start_worker(settings)
     sent = produce(settings, _clicks(10_000, "before", 400))
@@ -254,9 +251,59 @@ def test_after_the_broker_restarts_empty_the_worker_recovers_or_exits_nonzero(
         return
     code = outcome["exit"]
     assert code != 0, "the worker exited with status 0 after a stall"
-    why = [line for line in _noisy_lines(worker.log_path, 0) if "[ERROR]" in line][-1:]
+    errors = [line for line in _noisy_lines(worker.log_path, 0) if "[ERROR]" in line]
+    why = [line for line in errors if "exiting" in line][:1] or errors[-1:]
     print(f"worker exited with status {code} {time.monotonic() - restarted:.0f} s after the "
           f"restart: {why}")  # fmt: skip
+    if own_broker.kind != "kafka":
+        return
+    # What its supervisor would do: start it again, on the broker as it is now (the group's
+    # offsets, when the worker committed some into the new logs before it noticed, point past
+    # their ends: test_committed_offsets_past_the_logs_end_are_forgotten).
+    assert code == LOG_RESET_EXIT_CODE, why
+    again = start_worker(settings, name="restarted")
+    wait(lambda: _known(again, new_users) == len(new_users), 60, 0.5)
+    assert again.proc.poll() is None
+
+
+@pytest.mark.both_brokers
+def test_committed_offsets_past_the_logs_end_are_forgotten(
+    settings, start_worker, wait, produce
+) -> None:
+    """The group's committed offsets point past its input logs' ends (committed before the
+    broker lost its logs, or by the worker itself into a log the broker had just started
+    again): the worker reads the logs from their start, as Kafka's ``auto.offset.reset``
+    would. Seen on Apache Kafka: Faust took the committed offsets as its read offsets and
+    dropped every record below them, so the worker stayed ready and applied nothing."""
+    asyncio.run(ensure_topics(settings))
+    asyncio.run(_commit(settings, 10_000))
+    users = [f"past-u{k}" for k in range(12)]
+    produce(settings, _clicks(60, "past", len(users)))
+    worker = start_worker(settings)
+    wait(lambda: _known(worker, users) == len(users), 60, 0.5)
+    forgotten = [line for line in _noisy_lines(worker.log_path, 0) if "past the log's end" in line]
+    assert forgotten, "the committed offsets were not reported past the logs' end"
+    print(forgotten[0])
+
+
+async def _commit(settings: Settings, offset: int) -> None:
+    """Commit ``offset`` for every input partition, as the worker's group."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers(),
+        group_id=settings.app_id,
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition(settings.topic(name), p)
+            for name in INPUT_TOPICS
+            for p in range(settings.partitions)
+        ]
+        consumer.assign(partitions)
+        await consumer.commit({tp: offset for tp in partitions})
+    finally:
+        await consumer.stop()
 
 
 def _known(worker: WorkerProcess, users: list[str]) -> int:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream.kafka.offsets import OffsetContinuity, Verdict
+from stream.kafka.offsets import LogReset, OffsetContinuity, Verdict, check_log_end
 
 
 def test_contiguous_offsets_are_taken() -> None:
@@ -108,3 +109,28 @@ def test_taken_offsets_never_skip_one_the_broker_holds(
     assert taken == sorted(set(taken))
     holes = {o for a, b in itertools.pairwise(taken) for o in range(a + 1, b)}
     assert holes <= absent
+
+
+def test_a_log_ending_below_what_was_taken_is_a_reset() -> None:
+    with pytest.raises(LogReset) as raised:
+        check_log_end("p", 15, 497, 388)
+    assert (raised.value.tp, raised.value.expected, raised.value.end) == ("p", 497, 15)
+    assert "ends at offset 15, below offset 497" in str(raised.value)
+
+
+def test_a_committed_offset_past_the_end_is_only_to_be_forgotten() -> None:
+    assert check_log_end("p", 15, None, 388) is False
+    assert check_log_end("p", 15, 15, 388) is False
+
+
+@given(
+    end=st.integers(0, 1_000),
+    taken=st.none() | st.integers(0, 1_000),
+    committed=st.none() | st.integers(0, 1_000),
+)
+def test_an_intact_log_always_passes(end: int, taken: int | None, committed: int | None) -> None:
+    # An intact log's end is at least every offset taken or committed from it.
+    taken = None if taken is None else min(taken, end)
+    committed = None if committed is None else min(committed, end)
+    assert check_log_end("p", end, taken, committed) is True
+    assert check_log_end("p", None, 10**9, 10**9) is True  # no fetch yet: nothing known
