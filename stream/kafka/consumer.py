@@ -61,6 +61,21 @@ def acting_as(event: EventT) -> Iterator[None]:
         _current_event.reset(token)
 
 
+def _forget_offsets(consumer: Any, tp: TP, end: int | None) -> None:
+    """Forget what Faust keeps of ``tp``'s offsets, as its revocation of the partition does:
+    it is then read as if newly assigned."""
+    log.warning(
+        "%s: the committed offset %s is past the log's end %s (the broker lost its data, or "
+        "the topic was recreated); reading the partition from its start",
+        tp,
+        consumer._committed_offset.get(tp),
+        end,
+    )
+    for kept in (consumer._read_offset, consumer._committed_offset, consumer._acked,
+                 consumer._acked_index, consumer._gap):  # fmt: skip
+        kept.pop(tp, None)
+
+
 class InputFeed:
     """Turns the agent's batches into pipeline records, and the pipeline's safe offsets into
     acks; knows per input partition what was delivered, and where reading starts."""
@@ -172,17 +187,7 @@ class InputFeed:
         if not past:
             return
         for tp in past:
-            log.warning(
-                "%s: the committed offset %s is past the log's end %s (the broker lost its "
-                "data, or the topic was recreated); reading the partition from its start",
-                tp,
-                consumer._committed_offset.get(tp),
-                getattr(self._fetch_state(tp), "highwater", None),
-            )
-            # What Faust forgets of a revoked partition: it is read as if newly assigned.
-            for kept in (consumer._read_offset, consumer._committed_offset, consumer._acked,
-                         consumer._acked_index, consumer._gap):  # fmt: skip
-                kept.pop(tp, None)
+            _forget_offsets(consumer, tp, getattr(self._fetch_state(tp), "highwater", None))
         try:
             starts = await consumer.earliest_offsets(*past)
         except Exception as exc:  # an offset out of range resets to the start anyway
