@@ -4,6 +4,7 @@ No Faust import anywhere below this package: the worker's agents and ``offline_t
 same functions, so training/serving skew cannot happen (design principle 1).
 """
 
+from stream.features.codec import decode_state, encode_state
 from stream.features.profile import Profile, ProfileConfig
 from stream.features.schema import FEATURE_NAMES, FEATURE_VERSION
 from stream.features.state import (
@@ -12,9 +13,7 @@ from stream.features.state import (
     Outcome,
     UserState,
     apply_event,
-    decode_state,
     describe,
-    encode_state,
     feature_vector,
 )
 

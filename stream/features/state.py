@@ -12,47 +12,36 @@ keeps a 32-bit fingerprint of the event's content (a CRC of its canonical wire f
 comes back with other content is not a redelivery but a ``CONFLICT`` (dead-lettered as
 ``conflicting_duplicate``), never silently merged or counted as a duplicate.
 
-The changelog form (``encode_state``/``decode_state``) is read back from a topic anyone with
-write access to the broker can write to, so ``decode_state`` is strict: any bytes either decode
-into a ``UserState`` whose every field has the type and bounds the feature core relies on, or
-raise ``CorruptState``, never another exception.
+Its changelog form is in ``stream.features.codec``, its events' in ``stream.features.wire``.
 """
 
 from __future__ import annotations
 
 import bisect
 import enum
-import itertools
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from stream import strict
-from stream.contract.events import CartChange, Click, Event, Order, OrderLine
+from stream.contract.events import Event
 from stream.features.profile import Profile, ProfileConfig
 from stream.features.schema import FEATURE_NAMES, schema_hash
+from stream.features.wire import event_to_wire
 
 __all__ = [
-    "MAX_STATE_BYTES",
     "SCHEMA_HASH",
     "FeatureConfig",
     "Outcome",
     "UserState",
     "apply_event",
-    "decode_state",
+    "current_profile",
     "describe",
-    "encode_state",
     "feature_vector",
     "fingerprint",
+    "key_of",
 ]
-
-#: 3: each seen event id keeps ``[ts, fingerprint]``; 2 (still read): only its ts.
-_STATE_FORMAT = 3
-_READABLE_FORMATS = (2, 3)
-#: The largest user state record read back (a Kafka record is far smaller in practice).
-MAX_STATE_BYTES = 16 * 2**20
 
 
 class Outcome(enum.Enum):
@@ -126,23 +115,35 @@ class UserState:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, UserState):
             return NotImplemented
-        return encode_state(self) == encode_state(other)
+        from stream.features.codec import state_json  # the codec builds on this module
+
+        return state_json(self) == state_json(other)
+
+    def remembered(self, kind: str, event_id: str) -> tuple[int, int | None] | None:
+        """``(ts, fingerprint)`` of a remembered event id of ``kind`` (fingerprint None: an id
+        a format-2 state remembered), or None."""
+        return self.seen.get(kind, {}).get(event_id)
+
+    def remembered_count(self, kind: str) -> int:
+        return len(self.seen.get(kind, ()))
 
 
-def _key(event: Event) -> tuple[int, str]:
+def key_of(event: Event) -> tuple[int, str]:
+    """Tail order: event time, then event id."""
     return (event.ts, event.event_id)
 
 
 def fingerprint(event: Event) -> int:
     """A 32-bit CRC of the event's canonical wire form: equal events, equal fingerprints.
 
+    >>> from stream.contract.events import Click
     >>> a = Click(event_id="e1", user_id="u1", ts=1_767_225_600_000, item_id="i1")
     >>> fingerprint(a) == fingerprint(Click("e1", "u1", 1_767_225_600_000, "i1"))
     True
     >>> fingerprint(a) == fingerprint(Click("e1", "u1", 1_767_225_600_000, "i2"))
     False
     """
-    return zlib.crc32(orjson.dumps(_event_to_wire(event)))
+    return zlib.crc32(orjson.dumps(event_to_wire(event)))
 
 
 def apply_event(state: UserState, event: Event, config: FeatureConfig) -> Outcome:
@@ -183,14 +184,14 @@ def apply_event(state: UserState, event: Event, config: FeatureConfig) -> Outcom
         state.seen[event.kind] = _pruned(seen, config)
 
     tail = state.tail
-    key = _key(event)
-    if not tail or key >= _key(tail[-1]):
+    key = key_of(event)
+    if not tail or key >= key_of(tail[-1]):
         tail.append(event)
         if state.view is not None:
             state.view.apply(event, config.profile)  # in order: extend the view
             _keep_mark_behind(state, config)
     else:
-        index = bisect.bisect_right(tail, key, key=_key)
+        index = bisect.bisect_right(tail, key, key=key_of)
         tail.insert(index, event)
         # Out of order: the view is rebuilt on the next read, from the mark when the insert
         # is after it (the mark's events are unchanged), else from base.
@@ -287,207 +288,3 @@ def describe(state: UserState, at_ms: int | None, config: FeatureConfig) -> dict
         "duplicates": state.duplicates,
         "late": state.late,
     }
-
-
-# -- changelog form ----------------------------------------------------------------------------
-
-
-def _event_to_wire(e: Event) -> list[Any]:
-    if isinstance(e, Click):
-        return ["c", e.event_id, e.user_id, e.ts, e.item_id, e.category, e.price, e.session_id]
-    if isinstance(e, CartChange):
-        return [
-            "k", e.event_id, e.user_id, e.ts, e.item_id, e.action, e.category, e.price,
-            e.quantity, e.session_id,
-        ]  # fmt: skip
-    lines = [[line.item_id, line.price, line.quantity, line.category] for line in e.items]
-    return ["o", e.event_id, e.user_id, e.ts, e.order_id, lines, e.total, e.session_id]
-
-
-def encode_state(state: UserState) -> bytes:
-    """Compact changelog form: a versioned JSON array (orjson); the view is not stored."""
-    return orjson.dumps(
-        [
-            _STATE_FORMAT,
-            state.user_id,
-            state.base.to_wire(),
-            [_event_to_wire(e) for e in state.tail],
-            state.max_ts,
-            state.duplicates,
-            state.late,
-            state.seen,
-        ],
-        option=orjson.OPT_SORT_KEYS,  # equal states encode equally, whatever the arrival order
-    )
-
-
-def decode_state(data: bytes) -> UserState:
-    """The ``UserState`` that ``encode_state`` wrote (format 3, or format 2), or
-    ``CorruptState`` for anything else: every field is checked for type, bounds and the
-    invariants the feature core relies on, so a forged record cannot crash scoring later.
-
-    >>> decode_state(encode_state(UserState("u1"))) == UserState("u1")
-    True
-    >>> decode_state(b'[2, "x"]')
-    Traceback (most recent call last):
-    ...
-    stream.errors.CorruptState: user state: expected 8 fields, got 2
-    """
-    return strict.decoded("user state", _decode_state, data)
-
-
-_KINDS = ("click", "cart", "order")
-_MAX_FINGERPRINT = 2**32 - 1
-
-
-def _decode_state(data: bytes) -> UserState:
-    fields = strict.versioned_array(
-        data, max_bytes=MAX_STATE_BYTES, formats=_READABLE_FORMATS, fields=8
-    )
-    fmt, user_id, base, tail, max_ts, duplicates, late, seen = fields
-    user_id = strict.need_str(user_id, "user_id")
-    profile = Profile.from_wire(base)
-    events = [_event_from_wire(w, user_id) for w in strict.need_list(tail, "tail")]
-    max_ts = strict.opt_int(max_ts, "max_ts", 0, strict.MAX_TS)
-    if events:
-        if max_ts is None or max_ts < events[-1].ts:
-            raise strict.fail("max_ts is older than the tail's newest event")
-        keys = [_key(e) for e in events]
-        if any(a > b for a, b in itertools.pairwise(keys)):
-            raise strict.fail("the tail is not in event-time order")
-    return UserState(
-        user_id=user_id,
-        base=profile,
-        tail=events,
-        max_ts=max_ts,
-        duplicates=strict.need_int(duplicates, "duplicates"),
-        late=strict.need_int(late, "late"),
-        seen=_seen_from_wire(seen, fmt),
-    )
-
-
-def _seen_from_wire(seen: Any, fmt: int) -> dict[str, dict[str, tuple[int, int | None]]]:
-    out: dict[str, dict[str, tuple[int, int | None]]] = {}
-    max_ts, max_len = strict.MAX_TS, strict.MAX_STRING
-    for kind, ids in strict.need_dict(seen, "seen", len(_KINDS)).items():
-        if kind not in _KINDS:
-            raise strict.fail(f"seen has an unknown event kind {kind[:20]!r}")
-        entries: dict[str, tuple[int, int | None]] = {}
-        for event_id, entry in strict.need_dict(ids, f"seen[{kind}]").items():
-            if len(event_id) > max_len:
-                raise strict.fail("a seen event id is too long")
-            if fmt == 2:
-                entries[event_id] = (strict.need_int(entry, "seen ts", 0, max_ts), None)
-                continue
-            # The common case checked inline (a state holds hundreds of these), else in detail.
-            if type(entry) is list and len(entry) == 2:
-                ts, stored = entry
-                if (
-                    type(ts) is int
-                    and 0 <= ts <= max_ts
-                    and type(stored) is int
-                    and 0 <= stored <= _MAX_FINGERPRINT
-                ):
-                    entries[event_id] = (ts, stored)
-                    continue
-            ts, stored = strict.need_list(entry, "seen entry", length=2)
-            entries[event_id] = (
-                strict.need_int(ts, "seen ts", 0, max_ts),
-                strict.opt_int(stored, "seen fingerprint", 0, _MAX_FINGERPRINT),
-            )
-        out[kind] = entries
-    return out
-
-
-def _event_from_wire(w: Any, user_id: str) -> Event:
-    """A tail event: the common, valid case checked inline (a state holds many), anything else
-    by ``_checked_event`` (which says what is wrong)."""
-    if type(w) is list and len(w) == 8 and w[0] == "c":
-        _c, event_id, uid, ts, item_id, category, price, session_id = w
-        if (
-            uid == user_id
-            and type(ts) is int
-            and 0 <= ts <= _MAX_TS
-            and type(event_id) is str
-            and type(item_id) is str
-            and type(category) is str
-            and len(event_id) + len(item_id) + len(category) <= _MAX_STRING
-            # NaN and infinities fail the comparison; an int is a price too (and stays one).
-            and (price is None or (type(price) in _NUMBERS and 0 <= price <= _MAX_NUMBER))
-            and (session_id is None or (type(session_id) is str and len(session_id) <= _MAX_STRING))
-        ):
-            return Click(event_id, user_id, ts, item_id, category, price, session_id)
-    return _checked_event(w, user_id)
-
-
-_MAX_TS, _MAX_STRING, _MAX_NUMBER = strict.MAX_TS, strict.MAX_STRING, strict.MAX_NUMBER
-_NUMBERS = (float, int)
-
-
-def _checked_event(w: Any, user_id: str) -> Event:
-    wire = strict.need_list(w, "tail event", max_len=10)
-    if not wire:
-        raise strict.fail("empty tail event")
-    tag = wire[0]
-    expected = {"c": 8, "k": 10, "o": 8}.get(tag) if type(tag) is str else None
-    if expected is None:
-        raise strict.fail(f"unknown tail event tag {str(tag)[:10]!r}")
-    if len(wire) != expected:
-        raise strict.fail(f"a {tag!r} tail event needs {expected} fields, has {len(wire)}")
-    event_id = strict.need_str(wire[1], "event_id")
-    if strict.need_str(wire[2], "event user_id") != user_id:
-        raise strict.fail("a tail event belongs to another user")
-    ts = strict.need_int(wire[3], "event ts", 0, strict.MAX_TS)
-    if tag == "c":
-        _c, _e, _u, _t, item_id, category, price, session_id = wire
-        return Click(
-            event_id,
-            user_id,
-            ts,
-            strict.need_str(item_id, "item_id"),
-            strict.need_str(category, "category"),
-            _opt_price(price, "price"),
-            strict.opt_str(session_id, "session_id"),
-        )
-    if tag == "k":
-        _k, _e, _u, _t, item_id, action, category, price, quantity, session_id = wire
-        if action not in ("add", "remove"):
-            raise strict.fail("a cart event's action is neither 'add' nor 'remove'")
-        return CartChange(
-            event_id,
-            user_id,
-            ts,
-            strict.need_str(item_id, "item_id"),
-            action,
-            strict.need_str(category, "category"),
-            _opt_price(price, "price"),
-            strict.need_int(quantity, "quantity", 1, 2**31),
-            strict.opt_str(session_id, "session_id"),
-        )
-    _o, _e, _u, _t, order_id, lines, total, session_id = wire
-    items = []
-    for line in strict.need_list(lines, "order lines", max_len=100_000):
-        item_id, price, quantity, category = strict.need_list(line, "order line", length=4)
-        items.append(
-            OrderLine(
-                strict.need_str(item_id, "line item_id"),
-                strict.need_num(price, "line price", 0.0),
-                strict.need_int(quantity, "line quantity", 1, 2**31),
-                strict.need_str(category, "line category"),
-            )
-        )
-    if not items:
-        raise strict.fail("an order without lines")
-    return Order(
-        event_id,
-        user_id,
-        ts,
-        strict.need_str(order_id, "order_id"),
-        tuple(items),
-        strict.need_num(total, "total", 0.0),
-        strict.opt_str(session_id, "session_id"),
-    )
-
-
-def _opt_price(value: Any, name: str) -> float | None:
-    return None if value is None else strict.need_num(value, name, 0.0)

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaProducer
 
+from stream.features.codec import renamed
 from stream.kafka.admin import ensure_topics
 from stream.settings import Settings
 from stream.tools.bench.common import rss_mb
@@ -123,10 +123,9 @@ async def fill_changelogs(settings: Settings, sample: StateSample, users: int) -
             user_id = f"m{i:07d}"
             key = user_id.encode()
             state = sample.users[i % len(sample.users)]
-            # Same state, another user id: rewrite the id wherever it stands as a whole JSON
-            # string (the state's own field and each tail event's: a state holding events of
-            # another user is refused as corrupt when it is read back).
-            value = state.replace(state.split(b",", 2)[1], orjson.dumps(user_id))
+            # Same state, another user id (a state holding events of another user is refused
+            # as corrupt when it is read back).
+            value = renamed(state, user_id)
             pending.append(await producer.send(users_topic, key=key, value=value))
             if sample.scores:
                 scores = sample.scores[i % len(sample.scores)]

@@ -11,14 +11,17 @@ from typing import Any
 
 import orjson
 import pytest
+import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stream import packing
 from stream.contract.events import CartChange, Click, Order, OrderLine
 from stream.errors import CorruptState
 from stream.features import FeatureConfig, Outcome, UserState, apply_event, describe
+from stream.features.codec import MAX_STATE_BYTES, decode_state, encode_state, state_json
 from stream.features.profile import Profile
-from stream.features.state import MAX_STATE_BYTES, decode_state, encode_state, feature_vector
+from stream.features.state import feature_vector
 
 T0 = 1_767_225_600_000
 CONFIG = FeatureConfig()
@@ -35,6 +38,18 @@ FORMAT_2 = (
     b'{"books":[37.5,3]},3,0],[["c","e4","u1",1767232800000,"i2","toys",null,null]],'
     b'1767232800000,0,0,{"cart":{"e2":1767225660000},"click":{"e1":1767225600000,'
     b'"e4":1767232800000},"order":{"e3":1767225720000}}]'
+)
+#: Written by the format-3 encoder (``git show 960044c:stream/features/state.py``) for the same
+#: events: each remembered id with its ts and fingerprint.
+FORMAT_3 = (
+    b'[3,"u1",[[0.9672161004820059,0.9986120751709083,0.9998016069840849,0.9999537047753607,'
+    b"0.9834714538216175,0.9993057966262922,0.9999007985715808,0.9999768521197682,0.0,0.0,0.0,"
+    b"0.0,1.0,1.0,1.0,1.0,25.0,25.0,25.0,25.0],1767225720000,[1.0,1.0,0,1.0,25.0],1767225600000,"
+    b"1767225720000,1767225600000,1767225660000,1767225720000,1767225600000,3,true,true,1,0,{},"
+    b'{"books":8.999197836416759},1767225720000,["i1","i1","i1"],["books","books","books"],'
+    b'{"books":[37.5,3]},3,0],[["c","e4","u1",1767232800000,"i2","toys",null,null]],'
+    b'1767232800000,0,0,{"cart":{"e2":[1767225660000,2017445825]},"click":{"e1":[1767225600000,'
+    b'3742657621],"e4":[1767232800000,3761670909]},"order":{"e3":[1767225720000,906187643]}}]'
 )
 FORMAT_2_EVENTS = [
     Click("e1", "u1", T0, "i1", "books", 12.5, "s1"),
@@ -112,12 +127,27 @@ def _get(value: Any, path: tuple) -> Any:
 
 
 def mutated(data: st.DataObject, encoded: bytes) -> bytes:
-    """A valid encoding with one mutation: a node replaced by another JSON value (a type
-    change), deleted, swapped with a sibling, duplicated, or the bytes truncated."""
+    """A valid encoding with one mutation: a JSON node replaced by another JSON value (a type
+    change), deleted, swapped with a sibling, duplicated, or the bytes truncated; in format 4
+    also a byte of the packed ids changed."""
     how = data.draw(st.sampled_from(["replace", "delete", "swap", "duplicate", "truncate"]))
     if how == "truncate":
         return encoded[: data.draw(st.integers(0, len(encoded) - 1))]
-    tree = orjson.loads(encoded)
+    if encoded[:1] != b"\x04":
+        return orjson.dumps(_mutated_tree(data, how, orjson.loads(encoded)))
+    if data.draw(st.booleans()):  # a byte of the compressed frame changed
+        at = data.draw(st.integers(1, len(encoded) - 1))
+        return encoded[:at] + bytes([data.draw(st.integers(0, 255))]) + encoded[at + 1 :]
+    tree = orjson.loads(packing.unpack(encoded[1:], MAX_STATE_BYTES))
+    return _four(_mutated_tree(data, how, tree))
+
+
+def _four(tree: Any) -> bytes:
+    """A format-4 record of the JSON array ``tree``."""
+    return b"\x04" + packing.pack(orjson.dumps(tree), packing.USERS_DICTIONARY)
+
+
+def _mutated_tree(data: st.DataObject, how: str, tree: Any) -> Any:
     path = data.draw(st.sampled_from(_paths(tree)[1:]))
     parent, key = _get(tree, path[:-1]), path[-1]
     if how == "replace":
@@ -131,7 +161,7 @@ def mutated(data: st.DataObject, encoded: bytes) -> bytes:
         parent[key], parent[other] = parent[other], parent[key]
     else:
         parent[key] = data.draw(json_values)
-    return orjson.dumps(tree)
+    return tree
 
 
 def assert_usable(state: UserState) -> None:
@@ -185,12 +215,27 @@ def test_equal_states_encode_equally_whatever_the_arrival_order(events, rng) -> 
     assert encode_state(folded(shuffled)) == encode_state(in_order)
 
 
-def test_the_current_format_is_3_and_keeps_a_fingerprint_per_seen_id() -> None:
-    state = folded([Click("e1", "u", T0, "i1")])
-    fields = orjson.loads(encode_state(state))
-    assert fields[0] == 3
-    ts, fingerprint = fields[7]["click"]["e1"]
-    assert ts == T0 and isinstance(fingerprint, int) and 0 <= fingerprint < 2**32
+def test_the_current_format_is_4_a_compressed_json_array() -> None:
+    state = folded([Click("e1", "u", T0, "i1"), Click("e2", "u", T0 + 5, "i1")])
+    data = encode_state(state)
+    assert data[0] == 4
+    assert zstandard.get_frame_parameters(data[1:]).dict_id == packing.USERS_DICTIONARY
+    fields = orjson.loads(packing.unpack(data[1:], MAX_STATE_BYTES))
+    # Format 3's array, numbered 4: each remembered id with its ts and fingerprint.
+    assert fields[0] == 4 and fields[4] == T0 + 5
+    assert fields[7]["click"] == {i: list(state.remembered("click", i)) for i in ("e1", "e2")}
+    assert len(data) < len(state_json(state)) / 2
+
+
+def test_format_3_records_still_read() -> None:
+    old = decode_state(FORMAT_3)
+    fresh = UserState("u1")
+    for e in FORMAT_2_EVENTS:
+        apply_event(fresh, e, CONFIG)
+    assert old == fresh
+    assert apply_event(old, FORMAT_2_EVENTS[0], CONFIG) is Outcome.DUPLICATE
+    moved = Click("e1", "u1", T0, "i1", "books", 13.0, "s1")  # same ts, other content
+    assert apply_event(old, moved, CONFIG) is Outcome.CONFLICT
 
 
 def test_format_2_records_still_read() -> None:
@@ -201,18 +246,19 @@ def test_format_2_records_still_read() -> None:
     assert feature_vector(old, T0 + 10**7, CONFIG) == feature_vector(fresh, T0 + 10**7, CONFIG)
     assert old.tail == fresh.tail and old.max_ts == fresh.max_ts
     # The ids it remembers have no fingerprint: a redelivery is recognised by its ts alone.
-    assert old.seen["click"]["e1"] == (T0, None)
+    assert old.remembered("click", "e1") == (T0, None)
     assert apply_event(old, FORMAT_2_EVENTS[0], CONFIG) is Outcome.DUPLICATE
     moved = Click("e1", "u1", T0 + 1, "i1", "books", 12.5, "s1")
     assert apply_event(old, moved, CONFIG) is Outcome.CONFLICT
-    # Re-encoded in format 3, it reads back the same.
-    assert decode_state(encode_state(old)) == old
-    assert orjson.loads(encode_state(old))[0] == 3
+    # Re-encoded in format 4, it reads back the same, its old ids still without fingerprints.
+    again = decode_state(encode_state(old))
+    assert again == old and again.remembered("click", "e1") == (T0, None)
+    assert encode_state(old)[0] == 4
 
 
 # -- strictness -------------------------------------------------------------------------------
 
-GOOD = orjson.loads(encode_state(decode_state(FORMAT_2)))
+GOOD = orjson.loads(FORMAT_3)
 
 
 def _with(path: tuple, value: Any) -> bytes:
@@ -280,6 +326,42 @@ def _with(path: tuple, value: Any) -> bytes:
 def test_malformed_records_are_corrupt_state(data: bytes) -> None:
     with pytest.raises(CorruptState):
         decode_state(data)
+
+
+TREE_4 = orjson.loads(state_json(decode_state(FORMAT_3)))
+
+
+def _with_4(path: tuple, value: Any) -> bytes:
+    tree = copy.deepcopy(TREE_4)
+    _get(tree, path[:-1])[path[-1]] = value
+    return _four(tree)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x04",
+        b"\x04not a zstd frame",
+        b"\x04" + zstandard.ZstdCompressor().compress(b"[4]"),  # no (shipped) dictionary
+        b"\x04" + packing.pack(b" " * (MAX_STATE_BYTES + 1), packing.USERS_DICTIONARY),
+        _four(orjson.loads(FORMAT_3)),  # a format-3 array in a format-4 frame
+        _four([4, "u1"]),
+        _with_4((7,), {"clicks": {}}),  # an unknown kind
+        _with_4((7, "click", "e1"), [T0]),  # a seen entry without its fingerprint
+        _with_4((7, "click", "e1"), [T0, 2**32]),  # a fingerprint beyond 32 bits
+        _with_4((3, 0), ["c", "e4", "u2", T0, "i2", "toys", None, None]),  # another user's
+    ],
+)
+def test_malformed_format_4_records_are_corrupt_state(data: bytes) -> None:
+    with pytest.raises(CorruptState):
+        decode_state(data)
+
+
+def test_format_4_keeps_format_2_ids_without_fingerprints() -> None:
+    state = decode_state(_with_4((7, "click"), {"e1": [T0, None], "e4": [T0 + 9, 3]}))
+    assert state.remembered("click", "e1") == (T0, None)
+    assert state.remembered("click", "e4") == (T0 + 9, 3)
+    assert decode_state(encode_state(state)) == state
 
 
 def test_an_oversized_record_is_refused_before_parsing() -> None:

@@ -9,9 +9,11 @@ from typing import Any
 
 import orjson
 import pytest
+import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stream import packing
 from stream.contract.events import Click, Order, OrderLine
 from stream.errors import CorruptState
 from stream.features import FEATURE_NAMES, FeatureConfig, UserState, apply_event
@@ -87,10 +89,26 @@ def _paths(value: Any, path: tuple = ()) -> list[tuple]:
 
 
 def mutated(data: st.DataObject, encoded: bytes) -> bytes:
+    """One mutation of a record: truncated, a byte of its compressed frame changed, or a node of
+    its JSON array replaced, deleted, swapped or duplicated (then compressed again)."""
     how = data.draw(st.sampled_from(["replace", "delete", "swap", "duplicate", "truncate"]))
     if how == "truncate":
         return encoded[: data.draw(st.integers(0, len(encoded) - 1))]
-    tree = orjson.loads(encoded)
+    if encoded[:1] != b"\x02":
+        return _mutated_tree(data, how, orjson.loads(encoded))
+    if data.draw(st.booleans()):
+        at = data.draw(st.integers(1, len(encoded) - 1))
+        return encoded[:at] + bytes([data.draw(st.integers(0, 255))]) + encoded[at + 1 :]
+    tree = orjson.loads(packing.unpack(encoded[1:], MAX_SCORES_BYTES))
+    return _two(orjson.loads(_mutated_tree(data, how, tree)))
+
+
+def _two(tree: Any) -> bytes:
+    """The compressed record (format 2) of a format-1 JSON array."""
+    return b"\x02" + packing.pack(orjson.dumps(tree), packing.SCORES_DICTIONARY)
+
+
+def _mutated_tree(data: st.DataObject, how: str, tree: Any) -> bytes:
     path = data.draw(st.sampled_from(_paths(tree)[1:]))
     parent = tree
     for step in path[:-1]:
@@ -274,3 +292,30 @@ def test_random_fields_are_a_usable_scoring_state_or_corrupt_state(fields: list)
 @given(scores, st.data())
 def test_mutated_encodings_are_a_usable_scoring_state_or_corrupt_state(value, data) -> None:
     decode_or_corrupt(mutated(data, value.to_bytes()))
+
+
+def test_the_changelog_form_is_a_compressed_format_1_array() -> None:
+    value = UserScores(latest={"scores.churn": {"user_id": "u1", "ts": T0}}, last_offer_ts=T0)
+    encoded = value.to_bytes()
+    assert encoded[0] == 2
+    assert zstandard.get_frame_parameters(encoded[1:]).dict_id == packing.SCORES_DICTIONARY
+    assert packing.unpack(encoded[1:], MAX_SCORES_BYTES) == value.to_json()
+    assert orjson.loads(value.to_json())[0] == 1
+    # Plain format-1 records, written before, read the same.
+    assert UserScores.from_bytes(value.to_json()).to_bytes() == encoded
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x02",
+        b"\x02not zstd",
+        b"\x02" + zstandard.ZstdCompressor().compress(b"[1,{},[],null,null,null]"),
+        b"\x02" + packing.pack(b" " * (MAX_SCORES_BYTES + 1), packing.SCORES_DICTIONARY),
+        _two([2, {}, [], None, None, None]),
+        _two([1, {}, 5, None, None, None]),
+    ],
+)
+def test_malformed_compressed_records_are_corrupt_state(data: bytes) -> None:
+    with pytest.raises(CorruptState):
+        UserScores.from_bytes(data)
