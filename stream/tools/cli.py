@@ -185,11 +185,27 @@ _FRACTION = click.FloatRange(0.0, 1.0)
               help="Plant a change in behaviour from this day on.")  # fmt: skip
 @click.option("--bad-fraction", type=_FRACTION, default=0.0, show_default=True)
 @click.option("--duplicate-fraction", type=_FRACTION, default=0.0, show_default=True)
-def generate(users, days, seed, out, change_day, bad_fraction, duplicate_fraction) -> None:
+@click.option("--orders-only", is_flag=True,
+              help="Only orders, as a shop's order history: customers who buy and drop out "
+                   "as BG/NBD assumes (no clicks, carts, dirt or change).")  # fmt: skip
+def generate(
+    users, days, seed, out, change_day, bad_fraction, duplicate_fraction, orders_only
+) -> None:
     """Write a synthetic event log (NAME.jsonl) and its ground truth (NAME.truth.json)."""
     from stream.tools.generator import GeneratorConfig, truth_path, write_log
+    from stream.tools.generator.orders_only import OrdersOnlyConfig, write_orders_only
     from stream.tools.progress import StatusLine
 
+    if orders_only:
+        if change_day is not None or bad_fraction or duplicate_fraction:
+            _fail(ConfigError("--orders-only takes no --change-day, --bad-fraction or "
+                              "--duplicate-fraction"))  # fmt: skip
+        try:
+            summary = write_orders_only(OrdersOnlyConfig(users=users, days=days, seed=seed), out)
+        except OSError as exc:
+            _fail(ShopscoreError(f"cannot write {out} or {truth_path(out)}: {exc.strerror or exc}"))
+        click.echo(json.dumps(summary))
+        return
     try:
         config = GeneratorConfig(
             users=users,
