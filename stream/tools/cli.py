@@ -388,6 +388,8 @@ def export_models(models_dir: Path, out: Path, threads: int) -> None:
 @click.option("--rate", type=float, help="Input rate of the latency phase, events/s [2000].")
 @click.option("--latency-s", type=float, help="Duration of the latency phase, seconds [10].")
 @click.option("--seed", type=int, help="Seed of the generated events [1].")
+@click.option("--backfill-users", type=int,
+              help="Customers of the backfill phase's 270-day orders-only history [20000].")  # fmt: skip
 @click.option("--quick", is_flag=True, help="Tiny sizes (CI: proves the command, < 60 s).")
 @click.option("--json", "as_json", is_flag=True, help="Print only the JSON report.")
 @click.option(
@@ -427,6 +429,9 @@ def bench(obj: _Context, quick: bool, as_json: bool, **sizes: Any) -> None:
         ("worker RSS per 100,000 users", f"{report['rss_mb_per_100k_users']:,.0f} MB"),
         ("state per user", f"{report['state_bytes_per_user']:,.0f} bytes"),
         ("recovery per 100,000 users", f"{report['recovery_s_per_100k_users']:.1f} s"),
+        ("backfill (orders-only history)",
+         f"{report['backfill_eps']:,.0f} orders/s, {report['backfill_s']:.1f} s "
+         f"({report['ratio_backfill_to_throughput']:.2f} of the full path)"),
     ]  # fmt: skip
     below = report.get("latency_below_saturation_ms")
     if below:

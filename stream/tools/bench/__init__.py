@@ -31,6 +31,10 @@ module per phase:
    sampled and written for ``users`` users to a fresh app's changelogs; a worker started on
    them gives the recovery time (start → ``/health`` ready) and its RSS. Below 100,000 users
    both are scaled linearly above an empty worker's (phase 5's), and the JSON says so.
+8. **backfill** (``backfill``): a generated orders-only history (``backfill_users`` customers
+   over 270 days, ``stream.tools.generator.orders_only``) published with ``--until`` its end
+   into a fresh worker; ``backfill_s`` from the first record published to the score that made
+   the last customer's ``scores.churn`` valid at the end, ``backfill_eps`` the orders over it.
 
 ``report.run_bench`` runs them in order; ``python -m stream.tools.bench`` is the child process
 of the baseline phases. A benchmark is not a test: nothing here asserts on speed.

@@ -20,6 +20,7 @@ from stream.errors import ShopscoreError
 from stream.kafka.admin import check_reachable
 from stream.settings import Settings
 from stream.tools.apache_kafka import KAFKA_VERSION, ApacheKafka, on_kafka
+from stream.tools.bench.backfill import BACKFILL_DAYS, backfill
 from stream.tools.bench.baselines import bare_throughput, consume_only_throughput
 from stream.tools.bench.common import Progress, phase_settings, stderr_progress
 from stream.tools.bench.events import generate, publish_events
@@ -31,7 +32,7 @@ from stream.tools.broker import EmbeddedBroker, find_broker_binary
 __all__ = ["PHASES", "BenchOptions", "run_bench", "versions"]
 
 #: The phases, in the order of their ``[i/PHASES]`` progress lines.
-PHASES = 7
+PHASES = 8
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class BenchOptions:
     rate: float = 2_000.0
     latency_s: float = 10.0
     seed: int = 1
+    #: Customers of the backfill phase's orders-only history (``stream.tools.bench.backfill``).
+    backfill_users: int = 20_000
     #: The broker ``bench`` starts when ``SHOPSCORE_BROKER`` is unset: ``embedded`` (Tansu) or
     #: ``kafka`` (Apache Kafka, ``stream.tools.apache_kafka``).
     broker_kind: str = "embedded"
@@ -52,7 +55,7 @@ class BenchOptions:
     @classmethod
     def quick(cls) -> BenchOptions:
         """Small enough for CI (about a minute): proves the command works, no more."""
-        return cls(events=5_000, users=2_000, latency_s=2.0)
+        return cls(events=5_000, users=2_000, latency_s=2.0, backfill_users=150)
 
 
 def versions() -> dict[str, str | None]:
@@ -89,8 +92,10 @@ def run_bench(
     settings: Settings, options: BenchOptions, *, progress: Progress = stderr_progress
 ) -> dict[str, Any]:
     """Run every phase and return the report (see the ``stream.tools.bench`` docstring)."""
-    if options.events < 100 or options.users < 1 or options.rate <= 0:
-        raise ShopscoreError("bench needs --events >= 100, --users >= 1 and --rate > 0")
+    if options.events < 100 or options.users < 1 or options.rate <= 0 or options.backfill_users < 1:
+        raise ShopscoreError(
+            "bench needs --events >= 100, --users >= 1, --backfill-users >= 1 and --rate > 0"
+        )
     if options.broker_kind not in ("embedded", "kafka"):
         raise ShopscoreError(f"unknown broker kind {options.broker_kind!r}: embedded or kafka")
     began = time.monotonic()
@@ -193,6 +198,16 @@ def run_bench(
             f"{state['recovery_s']:.1f}s, RSS {state['worker_rss_mb']:,.0f} MB"
         )
 
+        step(8, f"backfill: an orders-only history of {options.backfill_users:,} customers over "
+                f"{BACKFILL_DAYS:.0f} days, replayed --until its end")  # fmt: skip
+        filled = backfill(
+            phase_settings(settings, tag, "backfill", workdir),
+            options.backfill_users,
+            options.seed,
+            workdir,
+            progress,
+        )
+
         report = {
             "throughput_eps": full["eps"],
             "bare_throughput_eps": bare["eps"],
@@ -204,6 +219,9 @@ def run_bench(
             "rss_mb_per_100k_users": round(rss_100k, 1),
             "state_bytes_per_user": sizes["mean"],
             "recovery_s_per_100k_users": round(recovery_100k, 1),
+            "backfill_eps": filled["eps"],
+            "backfill_s": filled["seconds"],
+            "ratio_backfill_to_throughput": round(filled["eps"] / full["eps"], 3),
             "measured_users": users,
             "scaled_to_100k": users < PER,
             "scaling": (
@@ -218,6 +236,7 @@ def run_bench(
                 "consume_only": consume,
                 "publish_eps": publish_eps,
             },
+            "backfill": filled,
             "state": {
                 **state,
                 "bytes_per_user": sizes,

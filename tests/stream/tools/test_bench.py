@@ -26,6 +26,9 @@ KEYS = {
     "rss_mb_per_100k_users",
     "state_bytes_per_user",
     "recovery_s_per_100k_users",
+    "backfill_eps",
+    "backfill_s",
+    "ratio_backfill_to_throughput",
     "measured_users",
     "versions",
     "broker",
@@ -51,5 +54,7 @@ def test_quick_bench_reports_every_figure(settings) -> None:
     assert full["applied"] + full["rejected"] == full["events"]  # all consumed and counted
     assert report["state"]["table_users"] == report["measured_users"]
     assert report["throughput"]["consume_only"]["consumed"] >= full["events"]
+    filled = report["backfill"]
+    assert filled["applied"] == filled["orders"] == filled["published"] > 0
     # a progress line per phase
     assert all(f"[{i}/{PHASES}]" in result.stderr for i in range(1, PHASES + 1))
