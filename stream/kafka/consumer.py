@@ -6,7 +6,7 @@ Faust or aiokafka upgrade means reading this module (and ``compat``), not the wo
 - offset continuity: a message Faust let vanish is noticed at the next offset, and the
   partition is sought back to it (``stream.kafka.offsets``); a message lost at a partition's
   end is noticed once nothing arrives at all (``reread_lost_tails``); a log that restarts
-  below what was delivered (the broker lost it) raises ``LogReset``;
+  below what was delivered (the broker lost it) raises ``LogReset`` (``check_log_ends``);
 - whether a partition is caught up, for event-time alignment (aiokafka's fetch state, the
   committed offset, the log start);
 - stuck partitions: Faust's lost buffer-drop signal (``resume_stuck_partitions``);
@@ -118,9 +118,7 @@ class InputFeed:
             tp = message.tp
             verdict = self.continuity.check(tp, message.offset, committed_offsets.get(tp), now=now)
             if verdict is not Verdict.TAKE:
-                if verdict is Verdict.SEEN:
-                    self._check_log_end(tp)  # a log restarted below ``expected``: LogReset
-                elif verdict is Verdict.REWIND:
+                if verdict is Verdict.REWIND:
                     expected = self.continuity.expected(tp)
                     if expected is not None:
                         rewind[tp] = expected
@@ -174,7 +172,7 @@ class InputFeed:
         """Check every assigned input partition's log end (``_check_log_end``), and read a
         partition whose committed offset is past its end from its start.
 
-        On a timer, not only as records arrive: Faust drops every record below its read offset
+        On a timer, not as records arrive: Faust drops every record below its read offset
         (the committed one after an assignment) before the agent sees it, and aiokafka has by
         then moved past them to the log's end. Seen on Apache Kafka brought back on an empty
         directory: the worker stayed ready and applied nothing."""
