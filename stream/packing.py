@@ -22,7 +22,14 @@ import zstandard
 
 from stream import strict
 
-__all__ = ["DICTIONARIES", "SCORES_DICTIONARY", "USERS_DICTIONARY", "pack", "unpack"]
+__all__ = [
+    "DICTIONARIES",
+    "SCORES_DICTIONARY",
+    "USERS_DICTIONARY",
+    "is_packed",
+    "pack",
+    "unpack",
+]
 
 #: zstd dictionary ids of the shipped dictionaries, by file name under ``stream/dictionaries``.
 USERS_DICTIONARY = 11_001
@@ -57,6 +64,20 @@ def _decompressor(dict_id: int) -> zstandard.ZstdDecompressor:
 def pack(data: bytes, dict_id: int) -> bytes:
     """``data`` as one zstd frame compressed with the shipped dictionary ``dict_id``."""
     return _compressor(dict_id).compress(data)
+
+
+#: The first bytes of every zstd frame.
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def is_packed(data: bytes, prefix: bytes) -> bool:
+    """Whether ``data`` is ``prefix`` then a zstd frame: the shape of a packed record, told
+    without decompressing it (whether it inflates and decodes is only known by ``unpack``).
+
+    >>> is_packed(b"\x04" + pack(b"[]", USERS_DICTIONARY), b"\x04"), is_packed(b"[4]", b"\x04")
+    (True, False)
+    """
+    return data[: len(prefix)] == prefix and data[len(prefix) : len(prefix) + 4] == _ZSTD_MAGIC
 
 
 def unpack(frame: bytes, max_bytes: int) -> bytes:

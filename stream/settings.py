@@ -237,6 +237,8 @@ class Settings:
     allowed_lateness_ms: int = 3_600_000
     session_gap_ms: int = 1_800_000
     align_max_hold_ms: int = 10_000
+    #: Users kept decoded per state table (``stream.worker.state_cache``).
+    state_cache_users: int = 10_000
     limits: Limits = field(default_factory=Limits)
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str = "PLAIN"
@@ -457,6 +459,7 @@ _SETTINGS_ENV: dict[str, tuple[str, Any]] = {
     "allowed_lateness_ms": ("ALLOWED_LATENESS", parse_duration_ms),
     "session_gap_ms": ("SESSION_GAP", parse_duration_ms),
     "align_max_hold_ms": ("ALIGN_MAX_HOLD", parse_duration_ms),
+    "state_cache_users": ("STATE_CACHE", _positive_int),
     "web_advertised_host": ("WEB_ADVERTISED_HOST", _optional_str),
     "security_protocol": ("BROKER_SECURITY_PROTOCOL", _security_protocol),
     "sasl_mechanism": ("SASL_MECHANISM", _sasl_mechanism),

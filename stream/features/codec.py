@@ -25,7 +25,14 @@ from stream.features.profile import Profile
 from stream.features.state import UserState, key_of
 from stream.features.wire import event_from_wire, event_to_wire
 
-__all__ = ["MAX_STATE_BYTES", "decode_state", "encode_state", "renamed", "state_json"]
+__all__ = [
+    "MAX_STATE_BYTES",
+    "decode_state",
+    "encode_state",
+    "is_packed_state",
+    "renamed",
+    "state_json",
+]
 
 #: 4: the byte 4, then a zstd frame (``stream.packing``) of format 3's array (its first item
 #: 4); 3 (still read): a plain JSON array, each seen id keeping ``[ts, fingerprint]``; 2 (still
@@ -58,6 +65,12 @@ def state_json(state: UserState) -> bytes:
 def encode_state(state: UserState) -> bytes:
     """The changelog form (format 4): ``state_json`` compressed; the view is not stored."""
     return _PACKED + packing.pack(state_json(state), packing.USERS_DICTIONARY)
+
+
+def is_packed_state(data: bytes) -> bool:
+    """Whether ``data`` has the shape of ``encode_state``'s form (checked without inflating it:
+    tables keep such records as bytes until a user is touched, ``stream.worker.state_cache``)."""
+    return len(data) <= MAX_STATE_BYTES and packing.is_packed(data, _PACKED)
 
 
 def renamed(data: bytes, user_id: str) -> bytes:

@@ -13,13 +13,17 @@ What Faust does besides, this keeps: the store write is attributed to the key's 
 once a record batch is on the broker the partition's persisted offset is set to its last
 offset (``Collection._on_changelog_sent``), so a RocksDB table restarts from the changelog's
 tail. Durability is the output records': the commit's producer flush waits for the batches.
+
+Tables given a ``DecodedTable`` (``stream.worker.state_cache``: ``users``, ``scores``) hold
+the changelog bytes themselves, each value encoded once for both, and the decoded object goes
+to the cache.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from faust.serializers import codecs
 from faust.types import TP
@@ -27,14 +31,24 @@ from faust.types import TP
 from stream.kafka.batches import BatchSender, ChangelogRecord
 from stream.pipeline.records import TableWrite
 
-__all__ = ["ChangelogWriter"]
+__all__ = ["ChangelogWriter", "Remembers"]
+
+
+class Remembers(Protocol):
+    """A cache of a table's decoded values (``stream.worker.state_cache.DecodedTable``)."""
+
+    def remember(self, key: bytes, value: Any) -> None: ...
 
 
 class ChangelogWriter:
     """Applies ``TableWrite``s to Faust tables without a per-key send."""
 
-    def __init__(self, tables: Mapping[str, Any]) -> None:
+    def __init__(
+        self, tables: Mapping[str, Any], decoded: Mapping[str, Remembers] | None = None
+    ) -> None:
         self._tables = dict(tables)
+        #: Tables that hold encoded bytes, and the cache of their decoded values.
+        self._decoded = dict(decoded or {})
         self._topics = {name: t.changelog_topic.get_topic_name() for name, t in tables.items()}
         self._serializers = {name: t.value_serializer for name, t in tables.items()}
         #: Table name -> number of keys set and deleted, since the last ``take_counts``.
@@ -60,23 +74,24 @@ class ChangelogWriter:
             by_partition.setdefault(write.partition, []).append(write)
         records: list[ChangelogRecord] = []
         counts = self._counts
+        decoded = self._decoded
         for partition, group in by_partition.items():
             with acting_as(partition):
                 for write in group:
                     store = self._tables[write.table].data
+                    encoded = self._encode(write.table, write.value)
                     if write.value is None:
                         store.pop(write.key, None)
                         counts[write.table, "keys_deleted"] += 1
                     else:
-                        store[write.key] = write.value
+                        cache = decoded.get(write.table)
+                        store[write.key] = write.value if cache is None else encoded
                         counts[write.table, "keys_updated"] += 1
+                    if write.table in decoded:
+                        decoded[write.table].remember(write.key, write.value)
                     records.append(
                         ChangelogRecord(
-                            self._topics[write.table],
-                            partition,
-                            write.key,
-                            self._encode(write.table, write.value),
-                            write.table,
+                            self._topics[write.table], partition, write.key, encoded, write.table
                         )
                     )
         return records

@@ -62,6 +62,11 @@ class UserScores:
             ]
         )
 
+    @staticmethod
+    def is_packed(data: bytes) -> bool:
+        """Whether ``data`` has the shape of ``to_bytes``' form (not inflated to tell)."""
+        return len(data) <= MAX_SCORES_BYTES and packing.is_packed(data, _PACKED)
+
     @classmethod
     def from_bytes(cls, data: bytes) -> UserScores:
         """The ``UserScores`` that ``to_bytes`` wrote, or ``CorruptState``: every field's type

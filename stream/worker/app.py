@@ -41,6 +41,7 @@ from stream.worker.faust_sensor import install_faust_sensor
 from stream.worker.metrics import Metrics
 from stream.worker.model_swap import ModelWatcher, publish_model_info
 from stream.worker.quiet_logs import TimerOverlaps
+from stream.worker.state_cache import DecodedTable
 from stream.worker.tables import (
     CLOCK_CODEC,
     SCORES_CODEC,
@@ -49,7 +50,10 @@ from stream.worker.tables import (
     check_learners,
     check_scores,
     check_users,
+    decode_scores,
+    decode_user,
     guard_changelog,
+    touch_rejections,
 )
 from stream.worker.timers import register_timers
 from stream.worker.web import register_views
@@ -93,6 +97,7 @@ class ShopscoreApp:
         self.inputs = self.app.topic(
             *(settings.topic(t) for t in INPUT_TOPICS), settings.topic(CLOCK), schema=RawSchema()
         )
+        self._rejections: dict[str, Any] = {}
         self.users = self._codec_table(
             "users",
             STATE_CODEC,
@@ -128,14 +133,19 @@ class ShopscoreApp:
             "learners": self.learners,
             "clock": self.clock,
         }
+        #: The users and scores tables hold changelog bytes; these decode users on touch.
+        self.user_states = self._decoded("users", decode_user)
+        self.score_states = self._decoded("scores", decode_scores)
         #: Writes each batch's table writes, their changelogs as record batches.
-        self.changelog = ChangelogWriter(self._tables)
+        self.changelog = ChangelogWriter(
+            self._tables, {"users": self.user_states, "scores": self.score_states}
+        )
         trained_for = settings.trained_for()
         self.models = ModelWatcher(settings.model_dir, trained_for)
         self.pipeline = Pipeline(
             PipelineConfig.from_settings(settings),
             load_models(settings.model_dir, trained_for=trained_for),
-            Stores(self.users, self.scores, self.learners, self.clock),
+            Stores(self.user_states, self.score_states, self.learners, self.clock),
             infer=self._infer,
         )
         publish_model_info(self.pipeline.scorer, self.metrics)
@@ -190,8 +200,15 @@ class ShopscoreApp:
             help=help,
         )
         table.value_serializer = codec
-        guard_changelog(table, name, check, self.metrics)
+        self._rejections[name] = guard_changelog(table, name, check, self.metrics)
         return table
+
+    def _decoded(self, name: str, decode: Callable[[bytes, bytes], Any]) -> DecodedTable:
+        rejected = touch_rejections(self._rejections[name], name, self.metrics)
+        table = self._tables[name]
+        decoded = DecodedTable(table, decode, rejected, self.settings.state_cache_users)
+        decoded.follow_changelog()
+        return decoded
 
     # -- agents -----------------------------------------------------------------------------
 
@@ -202,7 +219,7 @@ class ShopscoreApp:
         return await asyncio.get_running_loop().run_in_executor(None, fn, arg)
 
     def user_scores(self, user_id: str) -> UserScores:
-        stored = self.scores.get(user_id.encode())
+        stored = self.score_states.get(user_id.encode())
         return stored if stored is not None else UserScores()
 
     async def release_held(self) -> None:

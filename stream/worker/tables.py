@@ -8,6 +8,11 @@ they load: anything undecodable becomes a ``Corrupt`` value, and the guard insta
 table (``guard_changelog``) drops such records, and records whose key does not fit the table,
 before they are applied: counted in ``shopscore_state_records_rejected_total{table}``, logged
 once per key, and recovery goes on. The key keeps its previous value (or stays absent).
+
+The ``users`` and ``scores`` codecs keep a record of the current (compressed) format as its
+bytes, checked only for its shape: it is decoded, and checked in full, when its user is first
+touched (``stream.worker.state_cache``), which is what keeps recovery and RSS about the bytes.
+Records of older formats are decoded here, as before.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from typing import Any
 
 from faust.serializers import codecs
 
+from stream.errors import CorruptState
 from stream.features import UserState, decode_state, encode_state
+from stream.features.codec import is_packed_state
 from stream.scoring.state import UserScores
 from stream.settings import Limits
 from stream.worker.metrics import Metrics
@@ -35,7 +42,10 @@ __all__ = [
     "check_learners",
     "check_scores",
     "check_users",
+    "decode_scores",
+    "decode_user",
     "guard_changelog",
+    "touch_rejections",
 ]
 
 log = logging.getLogger("shopscore")
@@ -66,22 +76,28 @@ def _safe_loads(decode: Callable[[bytes], Any], data: bytes) -> Any:
 
 
 class _UserStateCodec(codecs.Codec):
-    """``UserState`` in the feature core's compact form; undecodable bytes load as ``Corrupt``."""
+    """``UserState`` in the feature core's compact form, kept as bytes when it has the current
+    format's shape (the table holds bytes); older formats load decoded, undecodable bytes as
+    ``Corrupt``."""
 
     def _dumps(self, obj: Any) -> bytes:
-        return encode_state(obj)
+        return obj if isinstance(obj, bytes) else encode_state(obj)
 
     def _loads(self, s: bytes) -> Any:
+        if is_packed_state(s):
+            return bytes(s)
         return _safe_loads(decode_state, s)
 
 
 class _UserScoresCodec(codecs.Codec):
-    """``UserScores``; undecodable bytes load as ``Corrupt``."""
+    """``UserScores``, kept as bytes in the current format (as ``_UserStateCodec``)."""
 
     def _dumps(self, obj: Any) -> bytes:
-        return obj.to_bytes()
+        return obj if isinstance(obj, bytes) else obj.to_bytes()
 
     def _loads(self, s: bytes) -> Any:
+        if UserScores.is_packed(s):
+            return bytes(s)
         return _safe_loads(UserScores.from_bytes, s)
 
 
@@ -128,12 +144,15 @@ def _utf8_key(key: Any, limits: Limits) -> str | None:
 
 
 def check_users(limits: Limits) -> Callable[[Any], str | None]:
-    """A users record: a decoded ``UserState`` stored under its own user id."""
+    """A users record: a decoded ``UserState`` stored under its own user id, or the packed
+    bytes of one under a valid key (``decode_user``, on first touch, checks the rest)."""
 
     def check(event: Any) -> str | None:
         value = event.value
         if isinstance(value, Corrupt):
             return value.detail
+        if isinstance(value, bytes):
+            return _utf8_key(event.key, limits)
         if not isinstance(value, UserState):
             return f"not a user state ({type(value).__name__})"
         key = event.key
@@ -153,11 +172,24 @@ def check_scores(limits: Limits) -> Callable[[Any], str | None]:
         value = event.value
         if isinstance(value, Corrupt):
             return value.detail
-        if not isinstance(value, UserScores):
+        if not isinstance(value, UserScores | bytes):
             return f"not a scoring state ({type(value).__name__})"
         return _utf8_key(event.key, limits)
 
     return check
+
+
+def decode_user(key: bytes, data: bytes) -> UserState:
+    """A users record's bytes, decoded and checked as ``check_users`` checks a decoded one."""
+    state = decode_state(data)
+    if state.user_id.encode() != key:
+        raise CorruptState("user state", "the state's user_id is not its key")
+    return state
+
+
+def decode_scores(key: bytes, data: bytes) -> UserScores:
+    """A scores record's bytes, decoded (the key was checked at recovery)."""
+    return UserScores.from_bytes(data)
 
 
 _LEARNERS_KEY = re.compile(rb"([0-9]{1,6})(?:#[0-9]{1,12}#[0-9]{1,6})?")
@@ -216,20 +248,16 @@ class _RejectionLog:
 
     def record(self, event: Any, problem: str) -> None:
         key = event.key if isinstance(event.key, bytes) else repr(event.key).encode()
+        message = event.message
+        where = f"{message.topic}[{message.partition}]@{message.offset}"
+        self.note(key, f"skipping an undecodable {self.table} changelog record", where, problem)
+
+    def note(self, key: bytes, what: str, where: str, problem: str) -> None:
         if key in self.logged:
             return
-        message = event.message
         if len(self.logged) < MAX_LOGGED_KEYS:
             self.logged.add(key)
-            log.warning(
-                "skipping an undecodable %s changelog record (key %r, %s[%d]@%d): %s",
-                self.table,
-                key[:80],
-                message.topic,
-                message.partition,
-                message.offset,
-                problem,
-            )
+            log.warning("%s (key %r, %s): %s", what, key[:80], where, problem)
             return
         self.unlogged += 1
         now = time.monotonic()
@@ -245,9 +273,9 @@ class _RejectionLog:
 
 def guard_changelog(
     table: Any, name: str, check: Callable[[Any], str | None], metrics: Metrics
-) -> None:
+) -> _RejectionLog:
     """Make ``table`` skip the changelog records ``check`` refuses when it recovers (and in
-    standby). Deletions (tombstones) always pass."""
+    standby). Deletions (tombstones) always pass. Returns the table's log of rejected keys."""
     apply = table.apply_changelog_batch
     rejections = _RejectionLog(name)
     counter = metrics.state_rejected.labels(name)
@@ -268,3 +296,23 @@ def guard_changelog(
         apply(kept)
 
     table.apply_changelog_batch = apply_changelog_batch
+    return rejections
+
+
+def touch_rejections(
+    rejections: _RejectionLog, name: str, metrics: Metrics
+) -> Callable[[bytes, str], None]:
+    """What a ``DecodedTable`` calls for a stored record it cannot decode when first touched:
+    counted and logged like a record refused at recovery (once per key)."""
+    counter = metrics.state_rejected.labels(name)
+
+    def rejected(key: bytes, problem: str) -> None:
+        counter.inc()
+        rejections.note(
+            key,
+            f"ignoring an undecodable {name} record; the user starts afresh",
+            "read when first touched",
+            problem,
+        )
+
+    return rejected

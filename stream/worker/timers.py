@@ -41,6 +41,8 @@ def register_timers(worker: ShopscoreApp) -> None:
 
     @worker.app.on_partitions_assigned.connect
     async def note_log_starts(app: Any, assigned: set[TP], **kwargs: Any) -> None:
+        worker.user_states.clear()  # recovery may have brought newer bytes
+        worker.score_states.clear()
         await worker.feed.note_log_starts(assigned)
 
     @worker.app.on_partitions_revoked.connect
@@ -48,6 +50,8 @@ def register_timers(worker: ShopscoreApp) -> None:
         # Held events of revoked partitions are not applied here: they are uncommitted,
         # so their new owner reads them again.
         dropped = worker.pipeline.forget({tp.partition for tp in revoked})
+        worker.user_states.clear()  # the table may hold other bytes when they come back
+        worker.score_states.clear()
         if worker.intake is not None:
             dropped += worker.intake.discard(revoked)
         worker.feed.forget(revoked)

@@ -67,7 +67,7 @@ def register_views(worker: ShopscoreApp) -> None:
     @app.page("/users/{user_id}")
     @app.table_route(table=users, match_info="user_id")
     async def user_view(web: Any, request: Any, user_id: str) -> Any:
-        state: UserState | None = users.get(user_id.encode())
+        state: UserState | None = worker.user_states.get(user_id.encode())
         if state is None:
             return web.json({"error": "unknown user", "user_id": user_id}, status=404)
         body = describe(state, worker.clock_ms(), worker.features)
