@@ -6,9 +6,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
+
 from stream.features.schema import FEATURE_NAMES
 
-__all__ = ["MOMENT_FEATURES", "churn_inputs"]
+__all__ = ["MOMENT_FEATURES", "churn_inputs", "churn_inputs_many"]
 
 #: Features that describe the moment rather than the customer: at an event the user is always
 #: in a session (with a cart being filled), at a clock tick never. A learner that only saw
@@ -33,3 +35,32 @@ def churn_inputs(vector: Sequence[float], p_onnx: float) -> dict[str, float]:
     p = min(max(p_onnx, 1e-6), 1 - 1e-6)
     x["onnx_logit"] = math.log(p / (1 - p))
     return x
+
+
+_INDEX = np.array([index for index, _name in _CHURN_INPUTS], dtype=np.intp)
+_NAMES = tuple(name for _index, name in _CHURN_INPUTS)
+
+
+def churn_inputs_many(
+    vectors: Sequence[Sequence[float]], p_onnx: Sequence[float]
+) -> list[dict[str, float]]:
+    """``churn_inputs`` of a batch's rows at once: numpy's logarithms, which may differ from
+    ``math``'s in the last bit, for a fifth of the cost.
+
+    >>> x = churn_inputs_many([[float(i) for i in range(len(FEATURE_NAMES))]], [0.3])[0]
+    >>> y = churn_inputs([float(i) for i in range(len(FEATURE_NAMES))], 0.3)
+    >>> x.keys() == y.keys() and all(abs(x[k] - y[k]) < 1e-12 for k in x)
+    True
+    """
+    if not len(vectors):
+        return []
+    rows = np.asarray(vectors, dtype=np.float64)[:, _INDEX]
+    logged = np.copysign(np.log1p(np.abs(rows)), rows).tolist()
+    p = np.clip(np.asarray(p_onnx, dtype=np.float64), 1e-6, 1 - 1e-6)
+    logits = np.log(p / (1 - p)).tolist()
+    out = []
+    for row, logit in zip(logged, logits, strict=True):
+        x = dict(zip(_NAMES, row, strict=True))
+        x["onnx_logit"] = logit
+        out.append(x)
+    return out

@@ -125,7 +125,7 @@ def score_user(
     scores = user.scores
     vector = prepared.vectors[index]
     p_onnx = float(inferred.churn[index])
-    x = churn_inputs(vector, p_onnx)
+    x = prepared.churn_x(index, inferred.churn)
     p_churn = learners.churn.predict(x, p_onnx)
     if churn_prediction_wanted(
         scores.churn_pending, user.at_ms, every_ms=config.churn_label_every_ms
@@ -134,7 +134,7 @@ def score_user(
         add_churn_prediction(
             scores.churn_pending,
             user.at_ms,
-            [round(v, 4) for v in vector],
+            prepared.stored(index),
             p_onnx,
             every_ms=config.churn_label_every_ms,
             max_pending=config.churn_horizon_ms // config.churn_label_every_ms + 1,

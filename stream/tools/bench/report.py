@@ -26,7 +26,13 @@ from stream.tools.bench.common import Progress, phase_settings, stderr_progress
 from stream.tools.bench.events import generate, publish_events
 from stream.tools.bench.full import full_throughput
 from stream.tools.bench.latency import latency
-from stream.tools.bench.state import PER, measure_state, sample_changelogs, scaled
+from stream.tools.bench.state import (
+    PER,
+    measure_rocksdb,
+    measure_state,
+    sample_changelogs,
+    scaled,
+)
 from stream.tools.broker import EmbeddedBroker, find_broker_binary
 
 __all__ = ["PHASES", "BenchOptions", "run_bench", "versions"]
@@ -190,6 +196,11 @@ def run_bench(
             users,
             workdir / "state.log",
         )
+        rocks = measure_rocksdb(phase_settings(settings, tag, "state", workdir), users, workdir)
+        progress(
+            f"state: rocksdb:// first start {rocks['first_start_s']:.1f}s, restart on the same "
+            f"data directory {rocks['restart_s']:.1f}s, RSS {rocks['restart_rss_mb']:,.0f} MB"
+        )
         sizes = sample.bytes_per_user()
         recovery_100k = scaled(state["recovery_s"], baseline["ready_s"], users)
         rss_100k = scaled(state["worker_rss_mb"], baseline["rss_mb"], users)
@@ -219,6 +230,10 @@ def run_bench(
             "rss_mb_per_100k_users": round(rss_100k, 1),
             "state_bytes_per_user": sizes["mean"],
             "recovery_s_per_100k_users": round(recovery_100k, 1),
+            "rss_mb_per_100k_users_rocksdb": round(
+                scaled(rocks["restart_rss_mb"], baseline["rss_mb"], users), 1
+            ),
+            "restart_s_rocksdb": rocks["restart_s"],
             "backfill_eps": filled["eps"],
             "backfill_s": filled["seconds"],
             "ratio_backfill_to_throughput": round(filled["eps"] / full["eps"], 3),
@@ -239,6 +254,7 @@ def run_bench(
             "backfill": filled,
             "state": {
                 **state,
+                "rocksdb": rocks,
                 "bytes_per_user": sizes,
                 "sample_users": len(sample.users),
                 "empty_worker": baseline,

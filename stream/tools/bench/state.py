@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ __all__ = [
     "StateSample",
     "changelog_topic",
     "fill_changelogs",
+    "measure_rocksdb",
     "measure_state",
     "offline_sample",
     "sample_changelogs",
@@ -172,6 +174,27 @@ def measure_state(
         "worker_rss_mb": round(rss, 1),
         "table_users": int(table_users),
     }
+
+
+def measure_rocksdb(settings: Settings, users: int, workdir: Path) -> dict[str, Any]:
+    """``measure_state``'s changelogs (same ``settings``: filled already) read by a worker with
+    ``rocksdb://`` on a fresh data directory, stopped, then started again on that directory:
+    the first start recovers every record into RocksDB, the restart only the changelog's tail.
+    RSS is read once each start is ready."""
+    rocks = dataclasses.replace(settings, store="rocksdb://", data_dir=workdir / "rocksdb")
+    figures: dict[str, Any] = {"users": users}
+    for start in ("first_start", "restart"):
+        worker = WorkerProcess(rocks, log_path=workdir / f"rocksdb-{start}.log").start()
+        try:
+            started = time.monotonic()
+            worker.wait_ready(timeout=120 + users / 200)
+            figures[f"{start}_s"] = round(time.monotonic() - started, 2)
+            assert worker.proc is not None
+            figures[f"{start}_rss_mb"] = round(rss_mb(worker.proc.pid), 1)
+            figures[f"{start}_table_users"] = int(read_worker_metrics(worker.url).users)
+        finally:
+            worker.stop()
+    return figures
 
 
 def scaled(measured: float, baseline: float, users: int) -> float:
