@@ -30,6 +30,7 @@ from faust.types import TP
 
 from stream.kafka.batches import BatchSender, ChangelogRecord
 from stream.pipeline.records import TableWrite
+from stream.pipeline.stores import Packed
 
 __all__ = ["ChangelogWriter", "Remembers"]
 
@@ -57,6 +58,8 @@ class ChangelogWriter:
     def _encode(self, table: str, value: Any) -> bytes | None:
         if value is None:
             return None  # a tombstone
+        if isinstance(value, Packed):
+            return value.data
         serializer = self._serializers[table]
         if serializer in (None, "raw") and isinstance(value, bytes):
             return value
@@ -84,11 +87,19 @@ class ChangelogWriter:
                         store.pop(write.key, None)
                         counts[write.table, "keys_deleted"] += 1
                     else:
+                        value = write.value
                         cache = decoded.get(write.table)
-                        store[write.key] = write.value if cache is None else encoded
+                        if cache is not None:
+                            store[write.key] = encoded
+                        else:
+                            store[write.key] = value.value() if isinstance(value, Packed) else value
                         counts[write.table, "keys_updated"] += 1
                     if write.table in decoded:
-                        decoded[write.table].remember(write.key, write.value)
+                        value = write.value
+                        # A packed value is decoded again when its user is next touched.
+                        decoded[write.table].remember(
+                            write.key, None if isinstance(value, Packed) else value
+                        )
                     records.append(
                         ChangelogRecord(
                             self._topics[write.table], partition, write.key, encoded, write.table

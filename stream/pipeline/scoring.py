@@ -195,6 +195,8 @@ class ScoringStep:
             idle.append(UserInput(user_id, partition, state, scores, [], at_ms, "clock"))
             if len(idle) >= chunk:
                 await self.score(idle, view, out, churn_only=True)
+                # The batch holds every user's new scoring state until it ends: compactly.
+                view.pack("scores", UserScores.to_bytes, UserScores.from_bytes)
                 scored += len(idle)
                 idle = []
         await self.score(idle, view, out, churn_only=True)

@@ -4,17 +4,34 @@ The pipeline does not write tables: it returns its writes (``TableWrite``) and t
 applies them once the batch is done. Within the batch, a later step must see an earlier one's
 writes (a clock tick re-scores a user whose events the same batch applied), so reads go
 through ``BatchView`` first.
+
+A batch's writes are held until it ends, so a clock tick, which re-scores every idle user of
+a partition in one batch, would hold every user's scoring state decoded at once (~17 KB each:
+2.3 GB of RSS for 100,000 users). The tick ``pack``s its writes after each chunk of users
+into their changelog form (``Packed``, ~1 KB), read back decoded if the batch touches the
+user again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from stream.pipeline.records import TableWrite
 
-__all__ = ["BatchView", "Store", "Stores"]
+__all__ = ["BatchView", "Packed", "Store", "Stores"]
+
+
+@dataclass(frozen=True, slots=True)
+class Packed:
+    """A table value written in its changelog form, with what reads it back."""
+
+    data: bytes
+    decode: Callable[[bytes], Any]
+
+    def value(self) -> Any:
+        return self.decode(self.data)
 
 
 class Store(Protocol):
@@ -45,6 +62,8 @@ class Stores:
             table: dict[bytes, Any] = getattr(self, write.table)
             if write.value is None:
                 table.pop(write.key, None)
+            elif isinstance(write.value, Packed):
+                table[write.key] = write.value.value()
             else:
                 table[write.key] = write.value
 
@@ -59,13 +78,27 @@ class BatchView:
     def get(self, table: str, key: bytes) -> Any:
         write = self._writes.get((table, key))
         if write is not None:
-            return write.value
+            value = write.value
+            return value.value() if isinstance(value, Packed) else value
         return getattr(self.stores, table).get(key)
 
     def put(self, table: str, partition: int, key: bytes, value: Any) -> None:
         """Write (``value`` None: delete); the last write of a key in a batch is the one kept."""
         self._writes.pop((table, key), None)  # keeps the order of the latest write
         self._writes[table, key] = TableWrite(table, partition, key, value)
+
+    def pack(
+        self, table: str, encode: Callable[[Any], bytes], decode: Callable[[bytes], Any]
+    ) -> None:
+        """Hold this batch's writes of ``table`` so far in their changelog form (``Packed``):
+        what ``get`` returns for them from now on is a decoded copy, so a caller that changes
+        one must ``put`` it again (every caller does)."""
+        for slot, write in self._writes.items():
+            value = write.value
+            if slot[0] == table and value is not None and not isinstance(value, Packed):
+                self._writes[slot] = TableWrite(
+                    table, write.partition, write.key, Packed(encode(value), decode)
+                )
 
     def written(self, table: str) -> list[bytes]:
         """The keys of ``table`` this batch has set (not deleted) so far."""

@@ -169,6 +169,18 @@ class Metrics:
             "Users held in this worker's state table (its partitions only).",
             registry=r,
         )
+        self.cached = Gauge(
+            "shopscore_state_cache_users",
+            "Users held decoded in the state cache (SHOPSCORE_STATE_CACHE), per table.",
+            ["table"],
+            registry=r,
+        )
+        self.decodes = Counter(
+            "shopscore_state_cache_decodes_total",
+            "Users decoded from their changelog bytes because the cache did not hold them.",
+            ["table"],
+            registry=r,
+        )
         self.lag = Gauge(
             "shopscore_consumer_lag_messages",
             "Messages between the last read offset and the partition's end, per input "

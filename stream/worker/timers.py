@@ -60,6 +60,9 @@ def register_timers(worker: ShopscoreApp) -> None:
 
     async def refresh_gauges() -> None:
         metrics.users.set(len(worker.users))
+        for name, decoded in (("users", worker.user_states), ("scores", worker.score_states)):
+            metrics.cached.labels(name).set(decoded.cached)
+            metrics.decodes.labels(name).inc(decoded.take_misses())
         metrics.ready.set(1 if worker.ready()[0] else 0)
         monitor = worker.app.monitor
         ends = getattr(monitor, "tp_end_offsets", None) or {}

@@ -86,6 +86,9 @@ def test_prometheus_holds_what_the_worker_did(scraped: Any, wait) -> None:
         (topic, str(p)) for topic in ("clicks", "carts", "orders") for p in range(4)
     }
     assert prom.value(f"sum(shopscore_events_held{sel})") == 0
+    # Users this worker touched are held decoded (all of them, unless a rebalance cleared it).
+    cached = prom.value(f'shopscore_state_cache_users{{table="users", job="{job}"}}')
+    assert cached is not None and 0 < cached <= users
     assert prom.value(f"shopscore_worker_ready{sel}") == 1
     assert prom.value(f'shopscore_build_info{{job="{job}", version="{__version__}"}}') == 1
     assert prom.value(f"process_resident_memory_bytes{sel}") > 50e6

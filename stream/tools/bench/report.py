@@ -230,6 +230,9 @@ def run_bench(
             "rss_mb_per_100k_users": round(rss_100k, 1),
             "state_bytes_per_user": sizes["mean"],
             "recovery_s_per_100k_users": round(recovery_100k, 1),
+            "rss_mb_per_100k_users_touched": round(
+                scaled(state["worker_rss_after_tick_mb"], baseline["rss_mb"], users), 1
+            ),
             "rss_mb_per_100k_users_rocksdb": round(
                 scaled(rocks["restart_rss_mb"], baseline["rss_mb"], users), 1
             ),

@@ -18,7 +18,7 @@ from stream.settings import Settings
 from stream.tools.bench.common import rss_mb
 from stream.tools.bench.records import create_topics, latest_values
 from stream.tools.embedded import WorkerProcess, read_worker_metrics
-from stream.tools.replay import iter_generated
+from stream.tools.replay import iter_generated, publish_clock
 
 __all__ = [
     "LEARNERS_TABLE",
@@ -148,7 +148,8 @@ def measure_state(
     settings: Settings, sample: StateSample, users: int, log_path: Path | None = None
 ) -> dict[str, Any]:
     """Fill ``settings``' changelogs with ``users`` users, start a worker on them: the time to
-    ``/health`` ready (recovery) and the worker's RSS then."""
+    ``/health`` ready (recovery) and the worker's RSS then, and again once a clock tick has
+    touched every user."""
     started = time.monotonic()
     asyncio.run(fill_changelogs(settings, sample, users))
     fill_s = time.monotonic() - started
@@ -165,6 +166,7 @@ def measure_state(
         while table_users < users and time.monotonic() < deadline:
             time.sleep(0.25)
             table_users = read_worker_metrics(worker.url).users
+        touched = _touch_everyone(settings, worker, users)
     finally:
         worker.stop()
     return {
@@ -173,7 +175,31 @@ def measure_state(
         "recovery_s": round(recovery, 2),
         "worker_rss_mb": round(rss, 1),
         "table_users": int(table_users),
+        **touched,
     }
+
+
+def _touch_everyone(settings: Settings, worker: WorkerProcess, users: int) -> dict[str, Any]:
+    """A clock a minute ahead re-scores every user (each decoded, the state cache filled to
+    its bound): the RSS of a worker that has touched all its users, and the tick's time."""
+    assert worker.proc is not None
+    started = time.monotonic()
+    asyncio.run(publish_clock(settings, int(time.time() * 1000) + 60_000))
+    deadline = started + 300 + users / 100
+    churn = 0.0
+    while time.monotonic() < deadline:
+        try:  # the tick's chunks hold the event loop for a second or so: /metrics may time out
+            produced = read_worker_metrics(worker.url, timeout=10.0).produced_by_topic
+        except OSError:
+            continue
+        churn = produced.get("scores.churn", 0.0)
+        if churn >= users:
+            return {
+                "clock_tick_s": round(time.monotonic() - started, 2),
+                "worker_rss_after_tick_mb": round(rss_mb(worker.proc.pid), 1),
+            }
+        time.sleep(0.5)
+    raise TimeoutError(f"a clock tick re-scored {churn:,.0f} of {users:,} users")
 
 
 def measure_rocksdb(settings: Settings, users: int, workdir: Path) -> dict[str, Any]:

@@ -220,6 +220,28 @@ def test_a_clock_tick_rescores_idle_users_of_its_partition_once(models) -> None:
     assert later.ticks == [(3, NOW - DAY, 2)]
 
 
+def test_a_tick_in_chunks_writes_what_one_chunk_would(models) -> None:
+    """A tick packs its writes after each chunk (so 100,000 users are not held decoded); the
+    states it leaves and the scores it publishes are those of an unchunked tick."""
+    results = []
+    for chunk in (1000, 2):
+        feed, clock, stores = Feed(), Clock(), Stores.in_memory()
+        pipeline = Pipeline(
+            PipelineConfig(partitions=PARTITIONS, align_max_hold_s=5.0, idle_chunk=chunk),
+            models,
+            stores,
+            wall=lambda clock=clock: clock.wall_s,
+            monotonic=lambda clock=clock: clock.mono,
+        )
+        users = [user_on(2, n) for n in range(5)]
+        run(pipeline, [feed.order(u, NOW - (10 + n) * DAY, f"o{n}") for n, u in enumerate(users)])
+        out = run(pipeline, [feed.tick(2, NOW - 2 * DAY)])
+        assert out.ticks == [(2, NOW - 2 * DAY, 5)]
+        results.append((churn_of(out), {k: v.to_bytes() for k, v in stores.scores.items()}))
+    assert results[0] == results[1]
+    assert all(v["ts"] == NOW - 2 * DAY for v in results[1][0].values())
+
+
 def test_a_forged_tick_is_dead_lettered_and_moves_no_clock(models) -> None:
     feed, clock, stores = Feed(), Clock(), Stores.in_memory()
     pipeline = make(models, stores, clock)
