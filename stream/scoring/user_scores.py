@@ -115,17 +115,18 @@ def _check_pending_churn(entry: Any) -> None:
     if len(entry) not in (3, 4):
         raise strict.fail("a pending churn prediction needs 3 or 4 fields")
     strict.need_int(entry[0], "pending churn ts", 0, strict.MAX_TS)
-    for value in strict.need_list(entry[1], "pending churn vector", length=len(FEATURE_NAMES)):
-        strict.need_num(value, "a pending churn feature")
+    vector = strict.need_list(entry[1], "pending churn vector", length=len(FEATURE_NAMES))
+    strict.need_nums(vector, "a pending churn feature")
     strict.need_num(entry[2], "pending churn p_onnx", 0.0, 1.0)
     if len(entry) == 4:
         strict.need_bool(entry[3], "pending churn ordered")
 
 
 def _check_features(value: Any, name: str) -> None:
-    for key, number in strict.need_dict(value, name, _MAX_FEATURES).items():
+    features = strict.need_dict(value, name, _MAX_FEATURES)
+    for key in features:  # a JSON object's keys are strings: only their length is checked
         strict.need_str(key, f"{name} key", 256)
-        strict.need_num(number, name)
+    strict.need_nums(features.values(), name)
 
 
 def _check_pending_interest(value: Any) -> None:
