@@ -20,7 +20,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
 
-__all__ = ["GcPauses", "freeze_startup_heap"]
+__all__ = ["THRESHOLDS", "GcPauses", "freeze_startup_heap", "tune_collections"]
 
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -30,6 +30,24 @@ def freeze_startup_heap() -> int:
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()
+
+
+#: The worker's collection thresholds (CPython's default: 700, 10, 10).
+THRESHOLDS = (2_000, 20, 100)
+
+
+def tune_collections() -> tuple[int, int, int]:
+    """Collect the oldest generation ten times less often than CPython would.
+
+    Users decoded into the state cache are thousands of objects each, and the cache turns
+    over as users are touched, so full collections came often and walked all of it: in a
+    clock tick re-scoring 20,000 users, 18 full collections took 3.8 s of its 19.8 s (~210 ms
+    each). With these thresholds the same tick spent 0.07 s in them and took 15.9 s; an
+    orders-only backfill went from 625 to 674 orders/s. The state holds no reference cycles
+    to speak of (reference counting frees it), so what waits longer to be collected is small.
+    """
+    gc.set_threshold(*THRESHOLDS)
+    return THRESHOLDS
 
 
 class GcPauses:

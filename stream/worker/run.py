@@ -28,7 +28,7 @@ from stream.kafka.admin import check_session_timeout, check_transactions, ensure
 from stream.settings import Settings
 from stream.worker.app import create_app
 from stream.worker.broker_watch import install_log_limit
-from stream.worker.gc_pauses import GcPauses, freeze_startup_heap
+from stream.worker.gc_pauses import GcPauses, freeze_startup_heap, tune_collections
 from stream.worker.loop import new_event_loop
 
 __all__ = ["EXIT_GRACE_S", "check_web_port", "run_worker"]
@@ -128,6 +128,7 @@ def run_worker(settings: Settings) -> None:
     GcPauses(shop.metrics.registry).install()
     # What exists now lives as long as the process: full collections need not walk it.
     freeze_startup_heap()
+    tune_collections()  # users' decoded states come and go: full collections less often
     code = 1
     try:
         worker.execute_from_commandline()

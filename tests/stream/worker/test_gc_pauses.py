@@ -6,7 +6,7 @@ import gc
 
 from prometheus_client import CollectorRegistry
 
-from stream.worker.gc_pauses import GcPauses, freeze_startup_heap
+from stream.worker.gc_pauses import THRESHOLDS, GcPauses, freeze_startup_heap, tune_collections
 
 
 def _count(registry: CollectorRegistry, generation: str) -> float:
@@ -36,3 +36,12 @@ def test_freezing_moves_what_is_alive_out_of_collections() -> None:
         assert frozen == gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_the_worker_collects_its_oldest_generation_less_often() -> None:
+    before = gc.get_threshold()
+    try:
+        assert tune_collections() == gc.get_threshold() == THRESHOLDS
+        assert THRESHOLDS[2] > before[2] and THRESHOLDS[0] >= before[0]
+    finally:
+        gc.set_threshold(*before)
