@@ -27,7 +27,7 @@ from stream.errors import CorruptState
 __all__ = ["DEFAULT_CAPACITY", "DecodedTable"]
 
 #: Users kept decoded per table: at ~20 KB each (features) and ~17 KB (scoring), about
-#: 370 MB for both tables when full; a batch's users must fit (``SHOPSCORE_BATCH_SIZE``).
+#: 370 MB for both tables when full. Any size is correct: a batch holds its own writes.
 DEFAULT_CAPACITY = 10_000
 
 
