@@ -38,8 +38,8 @@ class DecodedTable:
     problem)`` is told of each record that could not be decoded. Values the table holds
     already decoded (records of an older format, decoded at recovery) are returned as they
     are. The owner calls ``remember`` for each write it puts into the table (the table then
-    holds the bytes, the cache the object), ``follow_changelog`` once, and ``clear`` when
-    partitions move.
+    holds the bytes, the cache the object), ``follow_changelog`` once (what recovery and
+    standby apply replaces what the cache held), and ``retain`` after a rebalance.
     """
 
     def __init__(
@@ -102,8 +102,16 @@ class DecodedTable:
         self.table.apply_changelog_batch = apply_changelog_batch
 
     def clear(self) -> None:
-        """Forget every decoded value (after a rebalance the table may hold other bytes)."""
+        """Forget every decoded value."""
         self._cache.clear()
+
+    def retain(self, keep: Callable[[bytes], bool]) -> int:
+        """Forget the decoded values of the keys ``keep`` refuses (users of partitions this
+        worker no longer owns); the number forgotten."""
+        gone = [key for key in self._cache if not keep(key)]
+        for key in gone:
+            del self._cache[key]
+        return len(gone)
 
     def take_misses(self) -> int:
         misses, self.misses = self.misses, 0

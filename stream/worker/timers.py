@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from faust.types import TP
 
+from stream.contract.partitioning import owner_partition
 from stream.kafka.consumer import LOST_TAIL_QUIET_S, STUCK_PARTITION_S
 from stream.kafka.offsets import LogReset
 from stream.worker.model_swap import swap_models
@@ -41,8 +42,12 @@ def register_timers(worker: ShopscoreApp) -> None:
 
     @worker.app.on_partitions_assigned.connect
     async def note_log_starts(app: Any, assigned: set[TP], **kwargs: Any) -> None:
-        worker.user_states.clear()  # recovery may have brought newer bytes
-        worker.score_states.clear()
+        # Decoded users of partitions kept stay cached (recovery replaces what it applies);
+        # those of partitions gone are dropped.
+        owned = {tp.partition for tp in assigned}
+        partitions = worker.settings.partitions
+        for decoded in (worker.user_states, worker.score_states):
+            decoded.retain(lambda key: owner_partition(key.decode(), partitions) in owned)
         await worker.feed.note_log_starts(assigned)
 
     @worker.app.on_partitions_revoked.connect
@@ -50,8 +55,6 @@ def register_timers(worker: ShopscoreApp) -> None:
         # Held events of revoked partitions are not applied here: they are uncommitted,
         # so their new owner reads them again.
         dropped = worker.pipeline.forget({tp.partition for tp in revoked})
-        worker.user_states.clear()  # the table may hold other bytes when they come back
-        worker.score_states.clear()
         if worker.intake is not None:
             dropped += worker.intake.discard(revoked)
         worker.feed.forget(revoked)

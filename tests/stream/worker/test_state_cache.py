@@ -81,3 +81,14 @@ def test_values_already_decoded_are_served_as_they_are() -> None:
     assert decoded.get(b"u1") is state and decoded.take_misses() == 0
     with pytest.raises(ValueError):
         DecodedTable(table, decode_user, lambda k, p: None, 0)
+
+
+def test_after_a_rebalance_only_users_of_partitions_kept_stay_cached() -> None:
+    _, decoded, _ = _table({u: UserState(u) for u in ("a", "b")})
+    decoded.capacity = 10
+    decoded.get(b"a")
+    decoded.get(b"b")
+    assert decoded.retain(lambda key: key == b"a") == 1
+    assert decoded.cached == 1 and decoded.take_misses() == 2
+    decoded.get(b"a")
+    assert decoded.take_misses() == 0
