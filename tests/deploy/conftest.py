@@ -228,6 +228,13 @@ def scraped(
         published = json.loads(result.stdout.strip().splitlines()[-1])["published"]
         consumed = f'sum(shopscore_events_consumed_total{{job="{job}"}})'
         poll(lambda: prometheus.value(consumed) == published, 180)
+        # Consumed is not yet applied: an event held for event-time alignment is counted as
+        # applied, rejected or a duplicate only when released. Wait for every outcome.
+        outcomes = " + ".join(
+            f'sum(shopscore_events_{name}_total{{job="{job}"}})'
+            for name in ("applied", "rejected", "duplicate")
+        )
+        poll(lambda: prometheus.value(outcomes) == published, 180)
         yield Scraped(prometheus, worker, settings, log, published, truth, job)
     finally:
         if prometheus is not None:
