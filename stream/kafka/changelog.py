@@ -82,24 +82,20 @@ class ChangelogWriter:
             with acting_as(partition):
                 for write in group:
                     store = self._tables[write.table].data
-                    encoded = self._encode(write.table, write.value)
-                    if write.value is None:
+                    value = write.value
+                    encoded = self._encode(write.table, value)
+                    cache = decoded.get(write.table)
+                    if value is None:
                         store.pop(write.key, None)
                         counts[write.table, "keys_deleted"] += 1
                     else:
-                        value = write.value
-                        cache = decoded.get(write.table)
                         if cache is not None:
                             store[write.key] = encoded
                         else:
                             store[write.key] = value.value() if isinstance(value, Packed) else value
                         counts[write.table, "keys_updated"] += 1
-                    if write.table in decoded:
-                        value = write.value
-                        # A packed value is decoded again when its user is next touched.
-                        decoded[write.table].remember(
-                            write.key, None if isinstance(value, Packed) else value
-                        )
+                    if cache is not None:  # a packed value is decoded when next touched
+                        cache.remember(write.key, None if isinstance(value, Packed) else value)
                     records.append(
                         ChangelogRecord(
                             self._topics[write.table], partition, write.key, encoded, write.table

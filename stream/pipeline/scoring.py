@@ -196,7 +196,8 @@ class ScoringStep:
             if len(idle) >= chunk:
                 await self.score(idle, view, out, churn_only=True)
                 # The batch holds every user's new scoring state until it ends: compactly.
-                view.pack("scores", UserScores.to_bytes, UserScores.from_bytes)
+                keys = [user.user_id.encode() for user in idle]
+                view.pack("scores", keys, UserScores.to_bytes, UserScores.from_bytes)
                 scored += len(idle)
                 idle = []
         await self.score(idle, view, out, churn_only=True)

@@ -14,7 +14,7 @@ user again.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -88,17 +88,23 @@ class BatchView:
         self._writes[table, key] = TableWrite(table, partition, key, value)
 
     def pack(
-        self, table: str, encode: Callable[[Any], bytes], decode: Callable[[bytes], Any]
+        self,
+        table: str,
+        keys: Iterable[bytes],
+        encode: Callable[[Any], bytes],
+        decode: Callable[[bytes], Any],
     ) -> None:
-        """Hold this batch's writes of ``table`` so far in their changelog form (``Packed``):
-        what ``get`` returns for them from now on is a decoded copy, so a caller that changes
-        one must ``put`` it again (every caller does)."""
-        for slot, write in self._writes.items():
-            value = write.value
-            if slot[0] == table and value is not None and not isinstance(value, Packed):
-                self._writes[slot] = TableWrite(
-                    table, write.partition, write.key, Packed(encode(value), decode)
-                )
+        """Hold this batch's writes of ``keys`` in ``table`` in their changelog form
+        (``Packed``): what ``get`` returns for them from now on is a decoded copy, so a caller
+        that changes one must ``put`` it again (every caller does)."""
+        writes = self._writes
+        for key in keys:
+            write = writes.get((table, key))
+            if write is None or write.value is None or isinstance(write.value, Packed):
+                continue
+            writes[table, key] = TableWrite(
+                table, write.partition, key, Packed(encode(write.value), decode)
+            )
 
     def written(self, table: str) -> list[bytes]:
         """The keys of ``table`` this batch has set (not deleted) so far."""

@@ -101,10 +101,6 @@ class DecodedTable:
 
         self.table.apply_changelog_batch = apply_changelog_batch
 
-    def clear(self) -> None:
-        """Forget every decoded value."""
-        self._cache.clear()
-
     def retain(self, keep: Callable[[bytes], bool]) -> int:
         """Forget the decoded values of the keys ``keep`` refuses (users of partitions this
         worker no longer owns); the number forgotten."""

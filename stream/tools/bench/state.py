@@ -160,12 +160,7 @@ def measure_state(
         recovery = time.monotonic() - started
         assert worker.proc is not None
         rss = rss_mb(worker.proc.pid)
-        # The gauge is refreshed every second: read it once it reflects the recovered table.
-        deadline = time.monotonic() + 5.0
-        table_users = read_worker_metrics(worker.url).users
-        while table_users < users and time.monotonic() < deadline:
-            time.sleep(0.25)
-            table_users = read_worker_metrics(worker.url).users
+        table_users = _table_users(worker, users)
         touched = _touch_everyone(settings, worker, users)
     finally:
         worker.stop()
@@ -177,6 +172,17 @@ def measure_state(
         "table_users": int(table_users),
         **touched,
     }
+
+
+def _table_users(worker: WorkerProcess, users: int) -> float:
+    """The worker's ``shopscore_table_users``, once it reflects the recovered table (the gauge
+    is refreshed every second), or as it stands after 5 s."""
+    deadline = time.monotonic() + 5.0
+    table_users = read_worker_metrics(worker.url).users
+    while table_users < users and time.monotonic() < deadline:
+        time.sleep(0.25)
+        table_users = read_worker_metrics(worker.url).users
+    return table_users
 
 
 def _touch_everyone(settings: Settings, worker: WorkerProcess, users: int) -> dict[str, Any]:
@@ -217,7 +223,7 @@ def measure_rocksdb(settings: Settings, users: int, workdir: Path) -> dict[str, 
             figures[f"{start}_s"] = round(time.monotonic() - started, 2)
             assert worker.proc is not None
             figures[f"{start}_rss_mb"] = round(rss_mb(worker.proc.pid), 1)
-            figures[f"{start}_table_users"] = int(read_worker_metrics(worker.url).users)
+            figures[f"{start}_table_users"] = int(_table_users(worker, users))
         finally:
             worker.stop()
     return figures

@@ -13,7 +13,7 @@ def test_packed_writes_read_back_decoded_and_apply_decoded() -> None:
     view.put("scores", 0, b"u1", UserScores(last_offer_ts=5))
     view.put("scores", 0, b"gone", None)
     view.put("clock", 0, b"0", 7)
-    view.pack("scores", UserScores.to_bytes, UserScores.from_bytes)
+    view.pack("scores", [b"u1", b"gone", b"old"], UserScores.to_bytes, UserScores.from_bytes)
 
     writes = {(w.table, w.key): w.value for w in view.writes()}
     packed = writes["scores", b"u1"]
@@ -31,6 +31,6 @@ def test_packed_writes_read_back_decoded_and_apply_decoded() -> None:
     assert stores.scores[b"u1"] == UserScores(last_offer_ts=9) and b"gone" not in stores.scores
     view = BatchView(stores)
     view.put("scores", 0, b"u2", UserScores(last_offer_ts=3))
-    view.pack("scores", UserScores.to_bytes, UserScores.from_bytes)
+    view.pack("scores", [b"u2"], UserScores.to_bytes, UserScores.from_bytes)
     stores.apply(view.writes())
     assert stores.scores[b"u2"] == UserScores(last_offer_ts=3)  # dict stores get objects
