@@ -252,6 +252,9 @@ class Settings:
     model_poll_ms: int = 5_000
     churn_horizon_ms: int = 30 * 86_400_000
     offer_window_ms: int = 7 * 86_400_000
+    #: An idle user whose churn label falls due is re-scored only if their last churn score is
+    #: at least this old (``ScoringConfig.idle_rescore_every_ms``).
+    idle_rescore_every_ms: int = 7 * 86_400_000
     #: Bearer token required by ``GET /users/*`` when set (``SHOPSCORE_HTTP_TOKEN``).
     http_token: str | None = field(default=None, repr=False)
     #: Signs learner checkpoints (HMAC-SHA256) when set; unsigned ones are then refused.
@@ -338,6 +341,7 @@ class Settings:
             churn_horizon_ms=self.churn_horizon_ms,
             offer_window_ms=self.offer_window_ms,
             offer_cooldown_ms=self.offer_window_ms,
+            idle_rescore_every_ms=self.idle_rescore_every_ms,
             features=self.feature_config(),
         )
 
@@ -472,6 +476,7 @@ _SETTINGS_ENV: dict[str, tuple[str, Any]] = {
     "model_poll_ms": ("MODEL_POLL", parse_duration_ms),
     "churn_horizon_ms": ("CHURN_HORIZON", parse_duration_ms),
     "offer_window_ms": ("OFFER_WINDOW", parse_duration_ms),
+    "idle_rescore_every_ms": ("IDLE_RESCORE_EVERY", parse_duration_ms),
     "http_token": ("HTTP_TOKEN", _optional_str),
     "state_secret": ("STATE_SECRET", _optional_str),
     "broker_timeout_ms": ("BROKER_TIMEOUT", parse_duration_ms),

@@ -92,8 +92,6 @@ class ScoringStep:
         result = scorer.finish(prepared, inferred, learners_of)
         counts = out.counts
         failed = {failure.user_id for failure in result.failed}
-        for user in result.changed:
-            view.put("scores", user.partition, user.user_id.encode(), user.scores)
         for name, seconds in inferred.seconds.items():
             counts.model_calls.append((name, seconds, len(prepared.users)))
         records = out.records
@@ -104,15 +102,35 @@ class ScoringStep:
                 continue
             records.append(OutputRecord(topic, key.encode(), payload, source=partition_of[key]))
             produced[topic] += 1
-        if result.failed:
-            counts.scoring_errors += len(result.failed)
-            self.failure_log.report(result.failed, len(users))
         if arrived:
             now = self._wall()
             for user in prepared.users:
                 stamp = arrived.get(user.user_id)
                 if stamp is not None and user.user_id not in failed:
                     counts.end_to_end_s.append(max(0.0, now - stamp))
+        self._record(result, len(users), view, out)
+        return result
+
+    def deliver(self, users: list[UserInput], view: BatchView, out: BatchOutput) -> ScoreResult:
+        """Deliver the labels that fell due for ``users`` (at their ``at_ms``) without scoring
+        them: their scoring states are written, nothing is published."""
+        if not users:
+            return ScoreResult()
+        result = self.scorer.deliver(users, self.learners.of)
+        self._record(result, len(users), view, out)
+        return result
+
+    def _record(
+        self, result: ScoreResult, attempted: int, view: BatchView, out: BatchOutput
+    ) -> None:
+        """What every scoring step leaves besides its messages: changed scoring states,
+        failures, labels and drifts counted, new due labels, learner metrics and checkpoints."""
+        counts = out.counts
+        for user in result.changed:
+            view.put("scores", user.partition, user.user_id.encode(), user.scores)
+        if result.failed:
+            counts.scoring_errors += len(result.failed)
+            self.failure_log.report(result.failed, attempted)
         counts.labels.update(result.labels)
         for learner, partition in result.drifts:
             counts.drifts[learner] += 1
@@ -128,7 +146,6 @@ class ScoringStep:
                 due.add(due_ms, user_id)
         self._online_metrics(result.partitions, counts)
         self.learners.checkpoint(result.partitions, view)
-        return result
 
     def due_of(self, partition: int, users: Iterable[str], view: BatchView) -> DueLabels:
         """The partition's due labels; after a start or an assignment, rebuilt once from the
@@ -158,21 +175,29 @@ class ScoringStep:
         view: BatchView,
         out: BatchOutput,
     ) -> int:
-        """Stream time reached ``now_ms`` on ``partition``: users whose label fell due and who
-        have been idle since are re-scored for churn at ``now_ms`` (which delivers the label,
-        publishes their risk as it stands now, and gives the learner idle users to learn from).
-        ``users()`` is only called when the due labels must be rebuilt."""
+        """Stream time reached ``now_ms`` on ``partition``: the labels that fell due are
+        delivered to the learners. A user idle since whose churn score is at least
+        ``idle_rescore_every_ms`` old is re-scored for churn at ``now_ms`` (which delivers the
+        labels, publishes their risk as it stands now, and leaves a prediction of an idle user
+        for the learner); the labels of the others are delivered without a score. Returns how
+        many users were re-scored. ``users()`` is only called when the due labels must be
+        rebuilt."""
         due = self._due.get(partition)
         if due is None:
             due = self.due_of(partition, users(), view)
-        idle = []
+        every = self.scorer.config.idle_rescore_every_ms
+        rescore: list[UserInput] = []
+        labels_only: list[UserInput] = []
         for user_id in due.pop_due(now_ms):
             state = view.get("users", user_id.encode())
-            if state is not None and (state.max_ts or 0) < now_ms:
-                scores = self.user_scores(view, user_id)
-                idle.append(UserInput(user_id, partition, state, scores, [], now_ms, "clock"))
-        await self.score(idle, view, out, churn_only=True)
-        return len(idle)
+            if state is None or (state.max_ts or 0) >= now_ms:
+                continue  # scored at their own events in this batch
+            scores = self.user_scores(view, user_id)
+            user = UserInput(user_id, partition, state, scores, [], now_ms, "clock")
+            (rescore if _score_is_older(scores, now_ms, every) else labels_only).append(user)
+        self.deliver(labels_only, view, out)
+        await self.score(rescore, view, out, churn_only=True)
+        return len(rescore)
 
     async def rescore_idle(
         self,
@@ -218,3 +243,11 @@ class ScoringStep:
                 if value == value:
                     counts.online["interest", name] = value
             counts.online["churn", "weight_online"] = learners.churn.weight_online
+
+
+def _score_is_older(scores: UserScores, now_ms: int, age_ms: int) -> bool:
+    """Whether the user's last published churn score is at least ``age_ms`` old at ``now_ms``
+    (or there is none)."""
+    last = scores.latest.get("scores.churn")
+    ts = last.get("ts") if isinstance(last, dict) else None
+    return not isinstance(ts, int) or now_ms - ts >= age_ms

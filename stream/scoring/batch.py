@@ -46,6 +46,12 @@ class ScoringConfig:
     #: At most one churn prediction per user per this much event time awaits its label: each
     #: user then holds about horizon / this of them (a 45-float vector each) in the changelog.
     churn_label_every_ms: int = 3 * DAY_MS
+    #: An idle user whose churn label falls due is re-scored (and their risk published) only
+    #: if their last churn score is at least this old; else only the label is delivered. Every
+    #: re-score leaves a prediction pending, whose label re-scores the user again a horizon
+    #: later: without this bound, each order starts such a chain, and a user idle after k
+    #: orders was re-scored k times per horizon, as often as every ``churn_label_every_ms``.
+    idle_rescore_every_ms: int = 7 * DAY_MS
     #: Weight of the ONNX model in a recommendation's score; the rest is co-occurrence.
     recs_model_weight: float = 0.5
     features: FeatureConfig = field(default_factory=FeatureConfig)

@@ -272,6 +272,36 @@ class Scorer:
         result.payloads += payloads
         result.due += mine.due
 
+    def deliver(
+        self, users: list[UserInput], learners_of: Callable[[int], Learners]
+    ) -> ScoreResult:
+        """Only the labels event time reveals for ``users`` (at their ``at_ms``, no events):
+        the learners learn them and the delivered predictions leave the users' scoring states;
+        nothing is predicted or published. A user whose step raises is a ``ScoreFailure``
+        and keeps their state; the others go on."""
+        result = ScoreResult()
+        for user in users:
+            labels: list[tuple[str, tuple[Any, ...]]] = []
+            try:
+                learners = learners_of(user.partition)
+                work = _working_copy(user.scores)
+                labels = reveal(self.config, work, [], user.at_ms)
+                learn(labels, learners, user.partition, result)
+            except Exception as exc:
+                # As in ``_finish_user``: once revealed, labels count as delivered.
+                if labels:
+                    _commit(user.scores, work)
+                    result.changed.append(user)
+                result.failed.append(
+                    ScoreFailure(user.user_id, user.partition, "labels", exc, bool(labels))
+                )
+                continue
+            if labels:
+                _commit(user.scores, work)
+                result.changed.append(user)
+                result.partitions.add(user.partition)
+        return result
+
     def score(
         self,
         users: list[UserInput],

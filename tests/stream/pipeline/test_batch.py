@@ -15,6 +15,7 @@ import pytest
 from stream.contract.partitioning import owner_partition
 from stream.models.registry import load_models
 from stream.pipeline import BatchOutput, InputRecord, Pipeline, PipelineConfig, Stores
+from stream.scoring.engine import ScoringConfig
 
 NOW = 1_767_225_600_000  # the wall clock of these tests (2026-01-01)
 DAY = 86_400_000
@@ -298,3 +299,46 @@ def test_offline_evaluation_runs_this_pipeline(models, monkeypatch) -> None:
     assert calls == [3, 3, 1, 1]  # three batches of events, then the tick alone
     assert {r.user_id for r in run_.records} == {"u0", "u1", "u2"}
     assert [r.ts for r in run_.records[-3:]] == [NOW + 30 * DAY] * 3  # re-scored at the tick
+
+
+@pytest.mark.parametrize("every_days", [7, 0])
+def test_an_idle_users_labels_rescore_them_at_most_once_per_refresh_period(
+    models, every_days: int
+) -> None:
+    """Each prediction left pending re-scores an idle user when its label falls due, and that
+    re-score leaves a new one: without a bound, a user idle after k orders would be re-scored
+    k times per horizon. Within ``idle_rescore_every_ms`` of their last churn score, a due
+    label is learned and leaves their state, and nothing is published."""
+    feed, clock, stores = Feed(), Clock(), Stores.in_memory()
+    scoring = ScoringConfig(idle_rescore_every_ms=every_days * DAY)
+    pipeline = Pipeline(
+        PipelineConfig(partitions=PARTITIONS, align_max_hold_s=5.0, scoring=scoring),
+        models,
+        stores,
+        wall=lambda: clock.wall_s,
+        monotonic=lambda: clock.mono,
+    )
+    idle, other = user_on(1, 0), user_on(1, 1)
+    start = NOW - 60 * DAY
+    # Three predictions in three label periods, falling due at days 30, 34 and 38.
+    for day in (0, 4, 8):  # a user is scored once per batch
+        run(pipeline, [feed.order(idle, start + day * DAY, f"i{day}")])
+
+    def stream_time_to(day: int) -> tuple[dict[str, dict[str, Any]], int, int]:
+        """Another user's order moves the partition's event time; returns what was published
+        for the idle user, the churn labels delivered and their predictions still pending."""
+        out = run(pipeline, [feed.order(other, start + day * DAY + 1, f"o{day}")])
+        pending = stores.scores[idle.encode()].churn_pending
+        return churn_of(out), out.counts.labels.get("churn", 0), len(pending)
+
+    published, labels, pending = stream_time_to(30)
+    assert published[idle]["trigger"] == "clock" and published[idle]["ts"] == start + 30 * DAY + 1
+    assert labels == 1 and pending == 3  # the day-0 label out, the re-score's prediction in
+    published, labels, pending = stream_time_to(34)  # 4 days after that score
+    assert labels == 1
+    if every_days:
+        assert idle not in published and pending == 2
+    else:
+        assert published[idle]["ts"] == start + 34 * DAY + 1 and pending == 3
+    published, labels, pending = stream_time_to(38)  # 8 days after the first re-score
+    assert labels == 1 and published[idle]["ts"] == start + 38 * DAY + 1

@@ -137,6 +137,34 @@ def test_labels_learned_before_a_failure_are_consumed_and_never_learned_twice(mo
     assert "u9" in _scored(result)
 
 
+def test_labels_delivered_without_a_score_cost_only_a_forged_users_labels(models) -> None:
+    """``Scorer.deliver`` (due labels of idle users who are not re-scored) isolates users as
+    scoring does: the forged one keeps their state, the others' labels are learned."""
+    scorer = Scorer(models, CONFIG)
+    learners = Learners(seed=0)
+    forged = UserScores(churn_pending=[_due_label(vector_len=2)])
+    idle = [
+        UserInput(
+            f"u{k}",
+            0,
+            UserState(f"u{k}"),
+            UserScores(churn_pending=[_due_label()]),
+            [],
+            T0,
+            "clock",
+        )
+        for k in range(3)
+    ]
+    bad = UserInput("poisoned", 0, UserState("poisoned"), forged, [], T0, "clock")
+    result = scorer.deliver([idle[0], bad, *idle[1:]], lambda _p: learners)
+    [failure] = result.failed
+    assert (failure.user_id, failure.stage, failure.committed) == ("poisoned", "labels", False)
+    assert [user.user_id for user in result.changed] == ["u0", "u1", "u2"]
+    assert result.labels == {"churn": 3} and learners.churn.labels_seen == 3
+    assert all(user.scores.churn_pending == [] for user in idle) and not result.messages
+    assert len(forged.churn_pending) == 1
+
+
 def test_a_state_that_cannot_be_read_fails_in_prepare_alone(models) -> None:
     scorer = Scorer(models, CONFIG)
     learners = Learners(seed=0)
