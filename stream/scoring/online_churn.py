@@ -55,6 +55,7 @@ ONNX_LOGIT = "onnx_logit"
 
 _LOGIT_EPS = 1e-6  # keeps logit(p_onnx) finite
 _CLIP = 5.0
+_MIN_WEIGHT = 1e-6  # below it the online expert is left out of the blend
 _LOSS_EPS = 1e-4  # per-label losses for the mixture and ADWIN are at most -log(1e-4) ≈ 9.2
 
 
@@ -189,6 +190,13 @@ class ChurnBlend(base.Base):
         return _sigmoid(self.eta * self._advantage)
 
     @property
+    def reads_features(self) -> bool:
+        """Whether ``predict`` reads its ``x`` at present: only once the online expert has
+        weight (before, or while the calibrated ONNX expert wins outright, ``x`` is unused
+        and callers may skip building it)."""
+        return self._labels >= self.min_labels and self.weight_online >= _MIN_WEIGHT
+
+    @property
     def labels_seen(self) -> int:
         return self._labels
 
@@ -214,7 +222,7 @@ class ChurnBlend(base.Base):
             return float(p_onnx)
         w = self.weight_online
         calibrated = self._p_calibrated(p_onnx)
-        if w < 1e-6:
+        if w < _MIN_WEIGHT:
             return calibrated
         return w * self._p_online(self._features(x, p_onnx)) + (1.0 - w) * calibrated
 
@@ -223,7 +231,7 @@ class ChurnBlend(base.Base):
         if self._labels < self.min_labels:
             return float(p_onnx)
         w = self.weight_online
-        if w < 1e-6:
+        if w < _MIN_WEIGHT:
             return p_calibrated
         return w * p_online + (1.0 - w) * p_calibrated
 

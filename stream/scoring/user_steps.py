@@ -125,8 +125,10 @@ def score_user(
     scores = user.scores
     vector = prepared.vectors[index]
     p_onnx = float(inferred.churn[index])
-    x = prepared.churn_x(index, inferred.churn)
-    p_churn = learners.churn.predict(x, p_onnx)
+    blend = learners.churn
+    # The learner's input is a dict per user: built only when the blend reads it.
+    x = prepared.churn_x(index, inferred.churn) if blend.reads_features else {}
+    p_churn = blend.predict(x, p_onnx)
     if churn_prediction_wanted(
         scores.churn_pending, user.at_ms, every_ms=config.churn_label_every_ms
     ):
