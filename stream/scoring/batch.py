@@ -14,7 +14,7 @@ from stream.contract.events import Event
 from stream.features import FeatureConfig, UserState
 from stream.models.inputs import Candidates
 from stream.models.registry import Model
-from stream.scoring.churn_input import churn_inputs_many
+from stream.scoring.churn_input import churn_input_matrix
 from stream.scoring.user_scores import UserScores
 
 __all__ = [
@@ -114,7 +114,7 @@ class Prepared:
     failed: list[ScoreFailure] = field(default_factory=list)
     #: ``vectors`` rounded to 4 decimals as a pending prediction stores them (``stored``).
     _stored: list[list[float]] | None = field(default=None, repr=False, compare=False)
-    _churn_x: list[dict[str, float]] | None = field(default=None, repr=False, compare=False)
+    _churn_inputs: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def stored(self, index: int) -> list[float]:
         """Row ``index`` as a pending churn prediction keeps it: 4 decimals are plenty for a
@@ -125,12 +125,12 @@ class Prepared:
             self._stored = np.round(matrix, 4).tolist() if len(self.vectors) else []
         return self._stored[index]
 
-    def churn_x(self, index: int, churn: np.ndarray) -> dict[str, float]:
-        """Row ``index``'s input to the online churn learner, given the batch's ONNX churn
-        probabilities (``churn_inputs_many``, for the whole batch on first call)."""
-        if self._churn_x is None:
-            self._churn_x = churn_inputs_many(self.vectors, churn.tolist())
-        return self._churn_x[index]
+    def churn_inputs(self) -> np.ndarray:
+        """The online churn learner's inputs of every row (``churn_input_matrix``), built
+        for the whole batch on first call."""
+        if self._churn_inputs is None:
+            self._churn_inputs = churn_input_matrix(self.vectors)
+        return self._churn_inputs
 
     def subset(self, indices: Sequence[int]) -> Prepared:
         """The batch restricted to ``users[i] for i in indices`` (in that order)."""

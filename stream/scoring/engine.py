@@ -62,7 +62,7 @@ from stream.scoring.batch import (
     ScoringFailed,
     UserInput,
 )
-from stream.scoring.churn_input import MOMENT_FEATURES, churn_inputs
+from stream.scoring.churn_input import CHURN_INPUT_NAMES, MOMENT_FEATURES, churn_inputs
 from stream.scoring.pending import PendingChurn
 from stream.scoring.state import Learners, UserScores
 from stream.scoring.user_steps import learn, reveal, score_user
@@ -202,8 +202,12 @@ class Scorer:
     def finish(
         self, prepared: Prepared, inferred: Inferred, learners_of: Callable[[int], Learners]
     ) -> ScoreResult:
-        """Deliver labels, blend and build every user's messages, one user at a time: a user
-        whose step raises is a ``ScoreFailure`` and the others go on (module docstring)."""
+        """Deliver labels, blend and build every user's messages: a user whose step raises is
+        a ``ScoreFailure`` and the others go on (module docstring).
+
+        In two passes, so the churn blend predicts once per partition for the whole batch:
+        first every user's labels reach the learners, then every user is scored. A prediction
+        thus sees every label its batch revealed."""
         result = ScoreResult(failed=list(prepared.failed))
         versions = {name: model.version for name, model in prepared.models.items()}
         recs_offset = 0
@@ -212,6 +216,7 @@ class Scorer:
             stop = recs_offset + len(cart.candidates.items)
             recs_rows[index] = (cart, recs_offset, stop)
             recs_offset = stop
+        labelled: list[_Labelled] = []
         for index, user in enumerate(prepared.users):
             try:
                 learners = learners_of(user.partition)
@@ -219,51 +224,83 @@ class Scorer:
                 result.failed.append(ScoreFailure(user.user_id, user.partition, "labels", exc))
                 continue
             result.partitions.add(user.partition)
+            step = self._labels(index, user, learners, result)
+            if step is not None:
+                labelled.append(step)
+        p_churn = _churn_probabilities(labelled, prepared, inferred)
+        for step in labelled:
             recs = None
-            if index in recs_rows and inferred.recs is not None:
-                cart, start, stop = recs_rows[index]
+            if step.index in recs_rows and inferred.recs is not None:
+                cart, start, stop = recs_rows[step.index]
                 recs = (cart, inferred.recs[start:stop])
-            self._finish_user(index, user, learners, prepared, inferred, recs, versions, result)
+            p = p_churn.get(step.index)
+            self._score_user(step, prepared, inferred, recs, versions, p, result)
         return result
 
-    def _finish_user(
-        self,
-        index: int,
-        user: UserInput,
-        learners: Learners,
-        prepared: Prepared,
-        inferred: Inferred,
-        recs: tuple[Cart, np.ndarray] | None,
-        versions: dict[str, str],
-        result: ScoreResult,
-    ) -> None:
-        """One user's labels and scores, on a working copy of their scoring state."""
+    def _labels(
+        self, index: int, user: UserInput, learners: Learners, result: ScoreResult
+    ) -> _Labelled | None:
+        """One user's labels, learned, on a working copy of their scoring state; None (and a
+        ``ScoreFailure``) when that raises."""
         scores = user.scores
-        mine = ScoreResult()
         after_labels: UserScores | None = None
-        stage = "labels"
         try:
             work = _working_copy(scores)
             labels = reveal(self.config, work, user.events, user.at_ms)
             if labels:  # from here on, the labels count as delivered whatever follows
                 after_labels = _working_copy(work)
             learn(labels, learners, user.partition, result)
-            stage = "score"
+        except Exception as exc:
+            if after_labels is not None:
+                _commit(scores, after_labels)
+                result.changed.append(user)
+            result.failed.append(
+                ScoreFailure(user.user_id, user.partition, "labels", exc, after_labels is not None)
+            )
+            return None
+        return _Labelled(index, user, learners, work, after_labels)
+
+    def _score_user(
+        self,
+        step: _Labelled,
+        prepared: Prepared,
+        inferred: Inferred,
+        recs: tuple[Cart, np.ndarray] | None,
+        versions: dict[str, str],
+        p_churn: float | None,
+        result: ScoreResult,
+    ) -> None:
+        """One user's scores and messages, on the working copy their labels left."""
+        user, scores, work = step.user, step.user.scores, step.work
+        mine = ScoreResult()
+        stage = "score"
+        try:
             user.scores = work  # what the scoring pieces read and change
             try:
                 score_user(
-                    self.config, index, user, learners, prepared, inferred, recs, versions, mine
+                    self.config,
+                    step.index,
+                    user,
+                    step.learners,
+                    prepared,
+                    inferred,
+                    recs,
+                    versions,
+                    mine,
+                    p_churn=p_churn,
                 )
             finally:
                 user.scores = scores
             stage = "encode"
             payloads = [orjson.dumps(value) for _topic, _key, value in mine.messages]
         except Exception as exc:
-            if after_labels is not None:
-                _commit(scores, after_labels)
+            if step.after_labels is not None:
+                _commit(scores, step.after_labels)
                 result.changed.append(user)
             result.failed.append(
-                ScoreFailure(user.user_id, user.partition, stage, exc, after_labels is not None)
+                ScoreFailure(
+                    user.user_id, user.partition, stage, exc, step.after_labels is not None
+                )
             )
             return
         _commit(scores, work)
@@ -288,7 +325,7 @@ class Scorer:
                 labels = reveal(self.config, work, [], user.at_ms)
                 learn(labels, learners, user.partition, result)
             except Exception as exc:
-                # As in ``_finish_user``: once revealed, labels count as delivered.
+                # As in ``finish``: once revealed, labels count as delivered.
                 if labels:
                     _commit(user.scores, work)
                     result.changed.append(user)
@@ -320,6 +357,42 @@ class Scorer:
         if strict and result.failed:
             raise ScoringFailed(result.failed) from result.failed[0].error
         return result
+
+
+@dataclasses.dataclass
+class _Labelled:
+    """A user of ``finish`` between its passes: labels learned, not yet scored."""
+
+    index: int
+    user: UserInput
+    learners: Learners
+    #: The working copy of the user's scoring state (labels delivered).
+    work: UserScores
+    #: A copy of ``work`` right after the labels were revealed, when there were any: what is
+    #: written back if scoring then fails.
+    after_labels: UserScores | None
+
+
+def _churn_probabilities(
+    labelled: list[_Labelled], prepared: Prepared, inferred: Inferred
+) -> dict[int, float]:
+    """The blended churn probability of every labelled user (by batch index): one
+    ``ChurnBlend.predict_matrix`` per partition. A partition whose call raises gets none here,
+    and its users are predicted one by one in ``score_user``, so a failure there is theirs."""
+    by_blend: dict[int, tuple[Any, list[int]]] = {}
+    for step in labelled:
+        blend = step.learners.churn
+        by_blend.setdefault(id(blend), (blend, []))[1].append(step.index)
+    out: dict[int, float] = {}
+    for blend, rows in by_blend.values():
+        try:
+            p_onnx = inferred.churn[rows].astype(np.float64)
+            X = prepared.churn_inputs()[rows] if blend.reads_features else None
+            p = blend.predict_matrix(X, CHURN_INPUT_NAMES, p_onnx).tolist()
+        except Exception:
+            continue
+        out.update(zip(rows, p, strict=True))
+    return out
 
 
 class _Timer:

@@ -119,16 +119,21 @@ def score_user(
     recs: tuple[Cart, np.ndarray] | None,
     versions: dict[str, str],
     result: ScoreResult,
+    *,
+    p_churn: float | None = None,
 ) -> None:
     """The user's messages (into ``result``) from the batch's ``index``-th row, and the
-    predictions they leave pending in ``user.scores`` to be labelled later."""
+    predictions they leave pending in ``user.scores`` to be labelled later. ``p_churn`` is
+    the blended churn probability when the batch's was computed at once; else it is
+    predicted here."""
     scores = user.scores
     vector = prepared.vectors[index]
     p_onnx = float(inferred.churn[index])
-    blend = learners.churn
-    # The learner's input is a dict per user: built only when the blend reads it.
-    x = prepared.churn_x(index, inferred.churn) if blend.reads_features else {}
-    p_churn = blend.predict(x, p_onnx)
+    if p_churn is None:
+        blend = learners.churn
+        # The learner's input is a dict per user: built only when the blend reads it.
+        x = churn_inputs(vector, p_onnx) if blend.reads_features else {}
+        p_churn = blend.predict(x, p_onnx)
     if churn_prediction_wanted(
         scores.churn_pending, user.at_ms, every_ms=config.churn_label_every_ms
     ):

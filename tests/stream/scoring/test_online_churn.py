@@ -7,6 +7,7 @@ import math
 import pickle
 import random
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -74,6 +75,45 @@ def test_predict_many_equals_predict(rows):
 
 
 _TRAINED = _trained()
+
+
+def _drifted(advantage: float | None = None) -> ChurnBlend:
+    model = ChurnBlend(min_labels=100)
+    for x, p, y in _stream(600, 5, change_at=200):
+        model.learn(x, p, y)
+    if advantage is not None:
+        model._advantage = advantage  # the calibrated ONNX expert wins outright
+    return model
+
+
+@pytest.mark.parametrize(
+    "model",
+    [ChurnBlend(), _trained(), _drifted(), _drifted(advantage=-50.0)],
+    ids=["before-min-labels", "trained", "online-expert-weighs", "calibrated-only"],
+)
+def test_predict_matrix_equals_predict_per_row(model):
+    rng = random.Random(9)
+    # f3 was never seen (no variance yet), onnx_logit in X is replaced; +-40 get clipped.
+    columns = ["f1", "f3", "f2", ONNX_LOGIT]
+    rows = [[rng.gauss(0, 2), rng.gauss(0, 1), rng.gauss(0, 2), 7.0] for _ in range(50)]
+    rows += [[40.0, 0.0, -40.0, 0.0], [0.0, 0.0, 0.0, 0.0]]
+    ps = [rng.uniform(0.001, 0.999) for _ in rows[:-1]] + [1.0]
+    expected = [
+        model.predict(dict(zip(columns, r, strict=True)), p)
+        for r, p in zip(rows, ps, strict=True)
+    ]
+    X = np.array(rows) if model.reads_features else None
+    got = model.predict_matrix(X, columns, np.array(ps))
+    assert got.shape == (len(rows),)
+    assert np.allclose(got, expected, rtol=0, atol=1e-12)
+    assert model.weight_online == 0.0 or len(set(np.round(got, 6))) > 10
+
+
+def test_predict_matrix_needs_the_features_once_the_online_expert_weighs():
+    model = _drifted()
+    assert model.reads_features
+    with pytest.raises(ValueError, match="reads_features"):
+        model.predict_matrix(None, ["f1"], np.array([0.3]))
 
 
 def test_predict_many_checks_lengths():
