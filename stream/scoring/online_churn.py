@@ -167,9 +167,7 @@ class ChurnBlend(base.Base):
         )
         # Platt scaling of the ONNX logit; a logit's scale is fixed, so no scaler is needed and
         # a larger step converges in a few hundred labels.
-        self._platt = linear_model.LogisticRegression(
-            optimizer=optim.SGD(0.05), intercept_lr=0.05
-        )
+        self._platt = linear_model.LogisticRegression(optimizer=optim.SGD(0.05), intercept_lr=0.05)
         self._gamma = 2.0 ** (-1.0 / half_life)
         self._advantage = 0.0  # decayed sum of logloss(onnx) - logloss(online)
         self._labels = 0

@@ -99,8 +99,7 @@ def test_predict_matrix_equals_predict_per_row(model):
     rows += [[40.0, 0.0, -40.0, 0.0], [0.0, 0.0, 0.0, 0.0]]
     ps = [rng.uniform(0.001, 0.999) for _ in rows[:-1]] + [1.0]
     expected = [
-        model.predict(dict(zip(columns, r, strict=True)), p)
-        for r, p in zip(rows, ps, strict=True)
+        model.predict(dict(zip(columns, r, strict=True)), p) for r, p in zip(rows, ps, strict=True)
     ]
     X = np.array(rows) if model.reads_features else None
     got = model.predict_matrix(X, columns, np.array(ps))
