@@ -315,6 +315,7 @@ _CLASSES: tuple[tuple[str, str], ...] = (
     ("stream.models.popularity", "ItemPopularity"),
     ("stream.scoring.cooccurrence", "CoOccurrence"),
     ("stream.scoring.offers", "OfferPolicy"),
+    ("stream.scoring.online_btyd", "BtydExpert"),
     ("stream.scoring.online_churn", "ChurnBlend"),
     ("stream.scoring.online_interest", "InterestBlend"),
     ("stream.scoring.tiers", "SpendTiers"),

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from lifetimes import BetaGeoFitter, GammaGammaFitter
+from lifetimes import BetaGeoFitter, GammaGammaFitter, ModifiedBetaGeoFitter
 from lifetimes.datasets import load_cdnow_summary_data_with_monetary_value
 
-from stream.scoring.btyd import BgNbd, GammaGamma, Prior
+from stream.scoring.btyd import BgNbd, GammaGamma, MbgNbd, Prior
 from stream.tools.generator.orders_only import OrdersOnlyConfig, generate_orders_only
 
 DAY_MS = 86_400_000
@@ -73,6 +73,27 @@ def test_bgnbd_matches_the_reference_on_cdnow(cdnow):
     # Same parameters, same predictions customer by customer.
     assert np.allclose(ref.p_alive(x, t_x, T), reference.conditional_probability_alive(x, t_x, T))
     for period in (1.0, 39.0, 52.0):
+        expected = reference.conditional_expected_number_of_purchases_up_to_time(period, x, t_x, T)
+        assert np.allclose(ref.expected_orders(x, t_x, T, period), expected, rtol=1e-9)
+
+
+@pytest.mark.parametrize("which", ["cdnow", "shop"])
+def test_mbgnbd_matches_the_reference(which, cdnow, shop):
+    if which == "cdnow":
+        x, t_x, T = cdnow["frequency"], cdnow["recency"], cdnow["T"]
+    else:
+        x, t_x, T = shop[1]["x"], shop[1]["t_x"], shop[1]["T"]
+    reference = ModifiedBetaGeoFitter().fit(x, t_x, T)
+    ref = MbgNbd(*(float(reference.params_[k]) for k in ("r", "alpha", "a", "b")))
+    ours = MbgNbd.fit(x, t_x, T, prior=None)
+    assert isinstance(ours, MbgNbd)
+    # The likelihood is flat along a ridge of (a, b): both optimisers stop on it.
+    assert astuple(ours) == pytest.approx(astuple(ref), rel=0.05)
+    assert ours.log_likelihood(x, t_x, T).sum() == pytest.approx(
+        ref.log_likelihood(x, t_x, T).sum(), abs=0.05
+    )
+    assert np.allclose(ref.p_alive(x, t_x, T), reference.conditional_probability_alive(x, t_x, T))
+    for period in (1.0, 39.0, 90.0):
         expected = reference.conditional_expected_number_of_purchases_up_to_time(period, x, t_x, T)
         assert np.allclose(ref.expected_orders(x, t_x, T, period), expected, rtol=1e-9)
 
@@ -177,9 +198,6 @@ def test_a_stronger_prior_holds_the_fit_closer_to_its_mode(shop):
     assert distance[1] < distance[0] and distance[1] < 0.5
 
 
-_MODEL = BgNbd(r=0.8, alpha=40.0, a=0.8, b=4.0)
-
-
 @settings(max_examples=60, deadline=None)
 @given(
     x=st.integers(0, 30),
@@ -187,17 +205,19 @@ _MODEL = BgNbd(r=0.8, alpha=40.0, a=0.8, b=4.0)
     gap=st.floats(0.0, 300.0),
     more=st.floats(0.5, 200.0),
 )
-def test_predictions_move_the_way_the_model_says(x, t_x, gap, more):
+@pytest.mark.parametrize("kind", [BgNbd, MbgNbd])
+def test_predictions_move_the_way_the_model_says(kind, x, t_x, gap, more):
     """The longer a customer stays away, the likelier they are dead and the likelier they
     stay quiet; a longer horizon never makes an order less likely."""
+    model = kind(r=0.8, alpha=40.0, a=0.8, b=4.0)
     t_x = t_x if x else 0.0
     T = t_x + gap
-    alive, later = _MODEL.p_alive(x, t_x, T), _MODEL.p_alive(x, t_x, T + more)
-    assert 0.0 <= later <= alive <= 1.0
-    if x == 0:
+    alive, later = model.p_alive(x, t_x, T), model.p_alive(x, t_x, T + more)
+    assert 0.0 <= later <= alive + 1e-12 <= 1.0 + 1e-12
+    if x == 0 and kind is BgNbd:
         assert alive == 1.0
-    quiet_30, quiet_90 = (_MODEL.p_no_order(x, t_x, T, h) for h in (30.0, 90.0))
+    quiet_30, quiet_90 = (model.p_no_order(x, t_x, T, h) for h in (30.0, 90.0))
     assert 0.0 <= quiet_90 <= quiet_30 <= 1.0
-    assert _MODEL.p_no_order(x, t_x, T + more, 30.0) >= quiet_30 - 1e-12
-    e30, e365 = (_MODEL.expected_orders(x, t_x, T, t) for t in (30.0, 365.0))
+    assert model.p_no_order(x, t_x, T + more, 30.0) >= quiet_30 - 1e-12
+    e30, e365 = (model.expected_orders(x, t_x, T, t) for t in (30.0, 365.0))
     assert 0.0 <= e30 <= e365
