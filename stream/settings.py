@@ -81,6 +81,24 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _horizons(text: str) -> tuple[int, ...]:
+    """``"30d,90d,180d"``: distinct positive durations, at most 8, in increasing order."""
+    try:
+        values = [parse_duration_ms(part.strip()) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not 1 <= len(values) <= 8 or min(values) <= 0 or len(set(values)) != len(values):
+        raise ValueError("must be 1 to 8 distinct durations separated by commas, e.g. 30d,90d,180d")
+    return tuple(sorted(values))
+
+
+def _positive_duration_ms(text: str) -> int:
+    value = parse_duration_ms(text)
+    if value <= 0:
+        raise ValueError("must be a positive duration, e.g. 365d")
+    return value
+
+
 def _port(text: str) -> int:
     try:
         value = int(text.strip())
@@ -255,6 +273,10 @@ class Settings:
     #: An idle user whose churn label falls due is re-scored only if their last churn score is
     #: at least this old (``ScoringConfig.idle_rescore_every_ms``).
     idle_rescore_every_ms: int = 7 * 86_400_000
+    #: Horizons of the BTYD expert's churn probabilities (``SHOPSCORE_CHURN_HORIZONS``).
+    churn_horizons_ms: tuple[int, ...] = (30 * 86_400_000, 90 * 86_400_000, 180 * 86_400_000)
+    #: The period of ``expected_orders`` and ``clv`` in ``scores.purchase_power``.
+    clv_period_ms: int = 365 * 86_400_000
     #: Bearer token required by ``GET /users/*`` when set (``SHOPSCORE_HTTP_TOKEN``).
     http_token: str | None = field(default=None, repr=False)
     #: Signs learner checkpoints (HMAC-SHA256) when set; unsigned ones are then refused.
@@ -342,6 +364,8 @@ class Settings:
             offer_window_ms=self.offer_window_ms,
             offer_cooldown_ms=self.offer_window_ms,
             idle_rescore_every_ms=self.idle_rescore_every_ms,
+            churn_horizons_ms=self.churn_horizons_ms,
+            clv_period_ms=self.clv_period_ms,
             features=self.feature_config(),
         )
 
@@ -424,8 +448,10 @@ class Settings:
             value = getattr(self, name)
             if value is None:
                 continue
-            if parse is parse_duration_ms:
+            if parse in (parse_duration_ms, _positive_duration_ms):
                 value = f"{value}ms"
+            elif parse is _horizons:
+                value = ",".join(f"{v}ms" for v in value)
             out[ENV_PREFIX + suffix] = str(value)
         for name, (suffix, parse) in _LIMITS_ENV.items():
             value = getattr(self.limits, name)
@@ -477,6 +503,8 @@ _SETTINGS_ENV: dict[str, tuple[str, Any]] = {
     "churn_horizon_ms": ("CHURN_HORIZON", parse_duration_ms),
     "offer_window_ms": ("OFFER_WINDOW", parse_duration_ms),
     "idle_rescore_every_ms": ("IDLE_RESCORE_EVERY", parse_duration_ms),
+    "churn_horizons_ms": ("CHURN_HORIZONS", _horizons),
+    "clv_period_ms": ("CLV_PERIOD", _positive_duration_ms),
     "http_token": ("HTTP_TOKEN", _optional_str),
     "state_secret": ("STATE_SECRET", _optional_str),
     "broker_timeout_ms": ("BROKER_TIMEOUT", parse_duration_ms),

@@ -52,6 +52,10 @@ class ScoringConfig:
     #: later: without this bound, each order starts such a chain, and a user idle after k
     #: orders was re-scored k times per horizon, as often as every ``churn_label_every_ms``.
     idle_rescore_every_ms: int = 7 * DAY_MS
+    #: Horizons of the BTYD expert's churn probabilities (``components.btyd.churn``).
+    churn_horizons_ms: tuple[int, ...] = (30 * DAY_MS, 90 * DAY_MS, 180 * DAY_MS)
+    #: The period of ``expected_orders`` and ``clv`` (``scores.purchase_power``).
+    clv_period_ms: int = 365 * DAY_MS
     #: Weight of the ONNX model in a recommendation's score; the rest is co-occurrence.
     recs_model_weight: float = 0.5
     features: FeatureConfig = field(default_factory=FeatureConfig)

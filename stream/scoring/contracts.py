@@ -59,6 +59,16 @@ def problems(topic: str, value: Any) -> list[str]:
             out.append(f"churn_probability {value.get('churn_probability')!r} outside 0..1")
         if not _number(value.get("horizon_days")) or value["horizon_days"] <= 0:
             out.append("horizon_days missing")
+        components = value.get("components")
+        btyd = components.get("btyd") if isinstance(components, dict) else None
+        if btyd is not None and not (
+            isinstance(btyd, dict)
+            and _probability(btyd.get("p_alive"))
+            and isinstance(btyd.get("churn"), dict)
+            and btyd["churn"]
+            and all(isinstance(k, str) and _probability(p) for k, p in btyd["churn"].items())
+        ):
+            out.append("components.btyd is neither null nor {p_alive, churn: {horizon: p}}")
     elif topic == "scores.interest":
         top = value.get("top_categories")
         if not isinstance(top, list) or not all(
@@ -72,11 +82,23 @@ def problems(topic: str, value: Any) -> list[str]:
             out.append(f"expected_spend_30d {spend!r} is not a non-negative number")
         if value.get("tier") not in ("low", "mid", "high", "top"):
             out.append(f"tier {value.get('tier')!r} unknown")
+        for name in ("expected_orders", "clv"):
+            figure = value.get(name, "missing")
+            if figure is not None and not (_number(figure) and figure >= 0):
+                out.append(f"{name} {figure!r} is neither null nor a non-negative number")
+        if not _number(value.get("clv_days")) or value["clv_days"] <= 0:
+            out.append("clv_days missing")
     elif topic == "recs.cart":
         items = value.get("items")
-        if not isinstance(items, list) or not items or not all(
-            isinstance(i, dict) and isinstance(i.get("item_id"), str) and _number(i.get("score"))
-            for i in items
+        if (
+            not isinstance(items, list)
+            or not items
+            or not all(
+                isinstance(i, dict)
+                and isinstance(i.get("item_id"), str)
+                and _number(i.get("score"))
+                for i in items
+            )
         ):
             out.append("items is not a non-empty list of {item_id, score}")
     elif topic == "offers":

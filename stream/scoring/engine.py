@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from stream.contract.events import CartChange
+from stream.contract.events import CartChange, Order
 from stream.features import feature_vector
 from stream.features.profile import Profile
 from stream.features.schema import FEATURE_NAMES
@@ -65,7 +65,7 @@ from stream.scoring.batch import (
 from stream.scoring.churn_input import CHURN_INPUT_NAMES, MOMENT_FEATURES, churn_inputs
 from stream.scoring.pending import PendingChurn
 from stream.scoring.state import Learners, UserScores
-from stream.scoring.user_steps import learn, reveal, score_user
+from stream.scoring.user_steps import BtydView, horizon_label, learn, reveal, score_user
 
 __all__ = [
     "DAY_MS",
@@ -227,14 +227,17 @@ class Scorer:
             step = self._labels(index, user, learners, result)
             if step is not None:
                 labelled.append(step)
+        _refit_btyd(labelled)
         p_churn = _churn_probabilities(labelled, prepared, inferred)
+        btyd = _btyd_views(labelled, prepared, self.config)
         for step in labelled:
             recs = None
             if step.index in recs_rows and inferred.recs is not None:
                 cart, start, stop = recs_rows[step.index]
                 recs = (cart, inferred.recs[start:stop])
             p = p_churn.get(step.index)
-            self._score_user(step, prepared, inferred, recs, versions, p, result)
+            view = btyd.get(step.index)
+            self._score_user(step, prepared, inferred, recs, versions, p, view, result)
         return result
 
     def _labels(
@@ -250,6 +253,9 @@ class Scorer:
             if labels:  # from here on, the labels count as delivered whatever follows
                 after_labels = _working_copy(work)
             learn(labels, learners, user.partition, result)
+            for event in user.events:
+                if isinstance(event, Order):
+                    learners.btyd.observe(user.user_id, event.ts, event.total)
         except Exception as exc:
             if after_labels is not None:
                 _commit(scores, after_labels)
@@ -268,6 +274,7 @@ class Scorer:
         recs: tuple[Cart, np.ndarray] | None,
         versions: dict[str, str],
         p_churn: float | None,
+        btyd: BtydView | None,
         result: ScoreResult,
     ) -> None:
         """One user's scores and messages, on the working copy their labels left."""
@@ -288,6 +295,7 @@ class Scorer:
                     versions,
                     mine,
                     p_churn=p_churn,
+                    btyd=btyd,
                 )
             finally:
                 user.scores = scores
@@ -392,6 +400,54 @@ def _churn_probabilities(
         except Exception:
             continue
         out.update(zip(rows, p, strict=True))
+    return out
+
+
+def _refit_btyd(labelled: list[_Labelled]) -> None:
+    """Refit each partition's BTYD expert that has seen enough orders since its last fit, at
+    the partition's latest event time in the batch: once per batch at most."""
+    now: dict[int, tuple[Learners, int]] = {}
+    for step in labelled:
+        seen = now.get(id(step.learners))
+        if seen is None or step.user.at_ms > seen[1]:
+            now[id(step.learners)] = (step.learners, step.user.at_ms)
+    for learners, at_ms in now.values():
+        if learners.btyd.due():
+            learners.btyd.refit(at_ms)
+
+
+def _btyd_views(
+    labelled: list[_Labelled], prepared: Prepared, config: ScoringConfig
+) -> dict[int, BtydView]:
+    """Each labelled user's BTYD figures (by batch index), one vectorised prediction per
+    partition; a user who never ordered gets none. Expected orders and lifetime value are
+    computed for full scores only (they feed ``scores.purchase_power``)."""
+    by_expert: dict[int, tuple[Any, list[int]]] = {}
+    for step in labelled:
+        expert = step.learners.btyd
+        by_expert.setdefault(id(expert), (expert, []))[1].append(step.index)
+    horizons = [ms / DAY_MS for ms in config.churn_horizons_ms]
+    labels = [horizon_label(ms) for ms in config.churn_horizons_ms]
+    period = config.clv_period_ms / DAY_MS
+    out: dict[int, BtydView] = {}
+    for expert, rows in by_expert.values():
+        vectors = [prepared.vectors[i] for i in rows]
+        try:
+            view = expert.predict(vectors, horizons, period, value=not prepared.churn_only)
+        except Exception:
+            continue  # the expert's figures are left out of these users' messages
+        for n, index in enumerate(rows):
+            if view.p_alive[n] != view.p_alive[n]:  # NaN: not a customer yet
+                continue
+            out[index] = BtydView(
+                float(view.p_alive[n]),
+                {
+                    label: float(view.p_no_order[h][n])
+                    for label, h in zip(labels, horizons, strict=True)
+                },
+                None if prepared.churn_only else float(view.expected_orders[n]),
+                None if prepared.churn_only else float(view.clv[n]),
+            )
     return out
 
 

@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from stream import strict
+from stream.features.schema import FEATURE_NAMES
 from stream.models.popularity import ItemPopularity
 from stream.scoring import safe_pickle
 from stream.scoring.cooccurrence import CoOccurrence
+from stream.scoring.online_btyd import BtydExpert
 
 if TYPE_CHECKING:
     from stream.scoring.state import Learners
@@ -43,6 +45,7 @@ def check_learners(learners: Learners, reference: Learners) -> None:
     shape.finish()
     _check_cooccurrence(learners.cooccurrence, reference.cooccurrence)
     _check_popularity(learners.popularity, reference.popularity)
+    _check_btyd(learners.btyd, reference.btyd)
     _probe(learners)
 
 
@@ -229,6 +232,34 @@ def _check_cooccurrence(co: CoOccurrence, ref: CoOccurrence) -> None:
             strict.need_num(value, "co-occurrence weight", 0.0)
 
 
+def _check_btyd(expert: BtydExpert, ref: BtydExpert) -> None:
+    """The expert's parameters and sample are plain, bounded, consistent data (its
+    ``__setstate__`` already unpacked the sample from one ``bytes``)."""
+    if set(vars(expert)) != set(vars(ref)):
+        raise strict.fail("BTYD expert: not the attributes of a BtydExpert")
+    size = strict.need_int(expert.sample_size, "BTYD sample size", 2, 1_000_000)
+    strict.need_int(expert.refit_every, "BTYD refit period", 1, 10**9)
+    threshold = strict.need_int(expert.threshold, "BTYD threshold", 1, 2**64)
+    strict.need_int(expert._orders_since_fit, "BTYD orders since fit", 0)
+    strict.need_int(expert.fits, "BTYD fits", 0)
+    for name, length in (("_bgnbd", 4), ("_gamma_gamma", 3)):
+        params = getattr(expert, name)
+        if params is None and name == "_gamma_gamma":
+            continue
+        if type(params) is not tuple or len(params) != length:
+            raise strict.fail(f"BTYD {name} is not {length} parameters")
+        for value in params:
+            strict.need_num(value, f"BTYD {name}", 1e-12, 1e12)
+    sample = expert._sample
+    if type(sample) is not dict or len(sample) > size:
+        raise strict.fail("BTYD sample larger than its bound")
+    for h, (first, last, orders, spend) in sample.items():
+        if not 0 <= h < threshold or not 0 <= first <= last <= strict.MAX_TS:
+            raise strict.fail("BTYD sample entry out of bounds")
+        strict.need_int(orders, "BTYD orders", 1)
+        strict.need_num(spend, "BTYD spend", 0.0)
+
+
 def _check_popularity(pop: ItemPopularity, ref: ItemPopularity) -> None:
     _check_params(pop, ref, ("half_life_ms",))
     t0 = strict.opt_int(pop._t0, "popularity t0")
@@ -275,6 +306,8 @@ def _probe(learners: Learners) -> None:
         tiers = copy.deepcopy(learners.tiers)
         tiers.update(1.0)
         tiers.tier(1.0)
+        btyd = copy.deepcopy(learners.btyd)
+        btyd.predict([[1.0] * len(FEATURE_NAMES)], [30.0], 365.0)
         _exercise_rust_state(learners)
     except (KeyboardInterrupt, SystemExit, GeneratorExit):
         raise

@@ -204,16 +204,25 @@ class BtydExpert:
         }
 
     def predict(
-        self, vectors: Sequence[Sequence[float]], horizons_days: Sequence[float], period_days: float
+        self,
+        vectors: Sequence[Sequence[float]],
+        horizons_days: Sequence[float],
+        period_days: float,
+        *,
+        value: bool = True,
     ) -> BtydPrediction:
         """The expert's predictions for customers with these feature vectors: P(alive), P(no
-        order within each horizon), expected orders and spend over ``period_days``."""
+        order within each horizon), and (with ``value``; else NaN) expected orders and spend
+        over ``period_days``."""
         s = self.summaries(vectors)
         model = self.bgnbd
         nan = np.where(s["customer"], 0.0, np.nan)
         x, t_x, T = s["x"], s["t_x"], s["T"]
         p_alive = model.p_alive(x, t_x, T) + nan
         p_no_order = {h: model.p_no_order(x, t_x, T, h) + nan for h in horizons_days}
+        if not value:
+            missing = np.full(len(x), np.nan)
+            return BtydPrediction(p_alive, p_no_order, missing, missing)
         expected_orders = model.expected_orders(x, t_x, T, period_days) + nan
         values = self.gamma_gamma
         if values is None:

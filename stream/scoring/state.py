@@ -43,6 +43,7 @@ from stream.scoring import chunked, safe_pickle
 from stream.scoring.cooccurrence import CoOccurrence
 from stream.scoring.learner_checks import check_learners
 from stream.scoring.offers import OfferPolicy
+from stream.scoring.online_btyd import BtydExpert
 from stream.scoring.online_churn import ChurnBlend
 from stream.scoring.online_interest import InterestBlend
 from stream.scoring.tiers import SpendTiers
@@ -62,6 +63,11 @@ _MAC_BYTES = hashlib.sha256().digest_size
 MAX_LEARNERS_BYTES = chunked.MAX_VALUE_BYTES
 
 
+#: Learners added after checkpoints were first written: an older checkpoint without them is
+#: read, and they start afresh.
+_ADDED_LATER = {"btyd"}
+
+
 def _mac(secret: str, signed: bytes) -> bytes:
     return hmac.new(secret.encode("utf-8"), signed, hashlib.sha256).digest()
 
@@ -76,6 +82,7 @@ class Learners:
         self.popularity = ItemPopularity()
         self.offers = OfferPolicy(seed=seed)
         self.tiers = SpendTiers()
+        self.btyd = BtydExpert()
         #: Labels learned since the last checkpoint to the changelog.
         self.dirty = 0
 
@@ -144,6 +151,8 @@ class Learners:
             raise CorruptState(what, f"not a format-{expected} learners record")
         attrs = loaded[1]
         reference = cls()
+        if type(attrs) is dict and set(reference.__dict__) - set(attrs) == _ADDED_LATER:
+            attrs = {**attrs, "btyd": reference.btyd}  # a checkpoint from before the expert
         if type(attrs) is not dict or set(attrs) != set(reference.__dict__):
             raise CorruptState(what, "not the attributes of Learners")
         for name, value in reference.__dict__.items():

@@ -10,6 +10,7 @@ partition's learners.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,7 +41,37 @@ from stream.scoring.pending import (
 from stream.scoring.state import Learners
 from stream.scoring.user_scores import UserScores
 
-__all__ = ["learn", "reveal", "score_user"]
+__all__ = ["BtydView", "horizon_label", "learn", "reveal", "score_user"]
+
+
+@dataclass(frozen=True)
+class BtydView:
+    """What the partition's BTYD expert says of one customer (``stream.scoring.online_btyd``)."""
+
+    p_alive: float
+    #: Horizon label (``horizon_label``) -> probability of no order within it.
+    churn: dict[str, float]
+    #: Over ``ScoringConfig.clv_period_ms``; None in a churn-only score.
+    expected_orders: float | None
+    clv: float | None
+
+    def churn_component(self) -> dict[str, Any]:
+        return {
+            "p_alive": round(self.p_alive, 6),
+            "churn": {label: round(p, 6) for label, p in self.churn.items()},
+        }
+
+
+def horizon_label(ms: int) -> str:
+    """``30d`` for 30 days, ``36h`` for 36 hours, ``90m`` below an hour.
+
+    >>> horizon_label(30 * 86_400_000), horizon_label(36 * 3_600_000), horizon_label(5_400_000)
+    ('30d', '36h', '90m')
+    """
+    for unit, label in ((DAY_MS, "d"), (3_600_000, "h"), (60_000, "m")):
+        if ms % unit == 0:
+            return f"{ms // unit}{label}"
+    return f"{ms}ms"
 
 
 def reveal(
@@ -121,6 +152,7 @@ def score_user(
     result: ScoreResult,
     *,
     p_churn: float | None = None,
+    btyd: BtydView | None = None,
 ) -> None:
     """The user's messages (into ``result``) from the batch's ``index``-th row, and the
     predictions they leave pending in ``user.scores`` to be labelled later. ``p_churn`` is
@@ -158,6 +190,8 @@ def score_user(
         "components": {
             "onnx": round(p_onnx, 6),
             "weight_online": round(learners.churn.weight_online, 4),
+            # The partition's BTYD expert (not blended in yet); null before a first order.
+            "btyd": btyd.churn_component() if btyd is not None else None,
         },
         "models": {"onnx": versions["churn"], "online": online_version},
     }
@@ -175,6 +209,10 @@ def score_user(
             **head,
             "expected_spend_30d": round(spend, 2),
             "tier": learners.tiers.tier(spend),
+            # The BTYD expert's, over clv_days; null before a first order.
+            "expected_orders": _rounded(btyd.expected_orders if btyd else None, 4),
+            "clv": _rounded(btyd.clv if btyd else None, 2),
+            "clv_days": config.clv_period_ms / DAY_MS,
             "models": {"onnx": versions["purchase_power"], "online": "river-tiers"},
         },
     )
@@ -211,6 +249,10 @@ def score_user(
     }
     _offer(config, user, learners, p_churn, spend, vector, {**head, "models": offer_models}, result)
     _learn_cooccurrence(config, user, learners)
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None or value != value else round(value, digits)
 
 
 def _interest(

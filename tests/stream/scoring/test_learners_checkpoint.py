@@ -607,6 +607,17 @@ FORGERIES = {
     "popularity scale far from now": lambda f: setattr(f.popularity, "_t0", 0),
     "popularity heads of the wrong type": lambda f: f.popularity._heads.__setitem__(None, "abc"),
     "a learner that cannot learn": lambda f: setattr(f.churn, "_labels", "many"),
+    "a BTYD customer whose last order precedes the first": lambda f: f.btyd._sample.update(
+        {7: [5_000, 3_000, 2, 10.0]}
+    ),
+    "a BTYD customer above the sampling threshold": lambda f: (
+        setattr(f.btyd, "threshold", 100),
+        f.btyd._sample.update({500: [1_000, 3_000, 2, 10.0]}),
+    ),
+    "BTYD parameters cut short": lambda f: setattr(f.btyd, "_bgnbd", (0.5, 30.0)),
+    "BTYD parameters that are not positive": lambda f: setattr(
+        f.btyd, "_bgnbd", (0.5, 30.0, -0.8, 3.2)
+    ),
     # Well-typed all the way down, and still broken: caught by exercising a copy.
     "a regression indexing outside its arrays": lambda f: f.offers._bandit._bayes_lin_regs[
         "none"
@@ -620,6 +631,14 @@ def test_a_forged_but_loadable_checkpoint_is_refused(name: str, trained: Learner
     pickle.loads(data[len(HEADER) :])  # it does load with a plain unpickler
     with pytest.raises(CorruptState):
         Learners.from_bytes(data)
+
+
+def test_a_checkpoint_from_before_the_btyd_expert_reads_with_a_fresh_one(trained) -> None:
+    older = pickle.loads(pickle.dumps(trained))
+    del older.btyd
+    learners = Learners.from_bytes(HEADER + pickle.dumps((2, older.__dict__), protocol=5))
+    assert learners.churn.labels_seen == trained.churn.labels_seen
+    assert len(learners.btyd) == 0 and learners.btyd.fits == 0
 
 
 def test_the_decoder_bounds_its_input() -> None:
