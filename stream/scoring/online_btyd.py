@@ -97,7 +97,7 @@ class BtydExpert:
     True
     """
 
-    def __init__(self, *, sample_size: int = 4000, refit_every: int = 1000) -> None:
+    def __init__(self, *, sample_size: int = 2000, refit_every: int = 2000) -> None:
         if sample_size < 2 or refit_every < 1:
             raise ValueError("sample_size must be >= 2 and refit_every >= 1")
         self.sample_size = sample_size
