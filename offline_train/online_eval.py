@@ -7,15 +7,22 @@ revealed only as the log reveals them. Every churn score the pipeline publishes 
 the ONNX model's own probability, then judged against what the log's future says (an order
 within the horizon or not), so "blend vs ONNX alone" is measured on the very predictions the
 service would have published.
+
+    python -m offline_train.online_eval LOG.jsonl [--clv-period 90d]
+
+runs it over a log and prints ``offline_train.judge``'s report of every message it published
+(churn per expert and horizon, interest, recommendations, lifetime value).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -26,7 +33,10 @@ from stream.pipeline import BatchOutput, InputRecord, Pipeline, PipelineConfig, 
 from stream.scoring.engine import ScoringConfig
 from stream.scoring.state import Learners
 
-__all__ = ["ChurnRecord", "churn_records", "clean_log", "evaluate_log"]
+__all__ = ["JUDGED_TOPICS", "ChurnRecord", "churn_records", "clean_log", "evaluate_log"]
+
+#: The topics ``offline_train.judge`` judges.
+JUDGED_TOPICS = ("scores.churn", "scores.interest", "scores.purchase_power", "recs.cart")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +45,10 @@ class ChurnRecord:
     ts: int
     blended: float
     onnx: float
+    #: The BTYD expert's probability of no order within each horizon (``"30d"``...), and
+    #: its P(alive); None before the user's first order.
+    btyd: dict[str, float] | None = None
+    p_alive: float | None = None
 
 
 @dataclass
@@ -46,17 +60,27 @@ class OnlineRun:
     end_ms: int = 0
     #: Events the pipeline dead-lettered, per reason (a clean log has none but "late" ones).
     rejected: dict[str, int] = field(default_factory=dict)
+    #: With ``evaluate_log(keep_messages=True)``: every published message, per topic (what
+    #: ``offline_train.judge`` reads).
+    messages: dict[str, list[dict[str, Any]]] | None = None
 
     def collect(self, out: BatchOutput) -> None:
+        if self.messages is not None:
+            for record in out.records:
+                if record.topic in JUDGED_TOPICS:
+                    self.messages.setdefault(record.topic, []).append(orjson.loads(record.value))
         for record in out.records:
             if record.topic == "scores.churn":
                 value = orjson.loads(record.value)
+                btyd = value["components"].get("btyd")
                 self.records.append(
                     ChurnRecord(
                         value["user_id"],
                         value["ts"],
                         value["churn_probability"],
                         value["components"]["onnx"],
+                        btyd["churn"] if btyd else None,
+                        btyd["p_alive"] if btyd else None,
                     )
                 )
         for name, n in out.counts.labels.items():
@@ -78,6 +102,7 @@ def evaluate_log(
     batch_size: int = 500,
     churn_only: bool = True,
     clock_at: Sequence[int] = (),
+    keep_messages: bool = False,
 ) -> OnlineRun:
     """Score ``events`` (clean, in event-time order) as a single-partition worker would,
     delivering labels as stream time passes their due time. At each time in ``clock_at``
@@ -95,7 +120,7 @@ def evaluate_log(
         stores := Stores.in_memory(),
         make_learners=lambda partition: Learners(seed=partition),
     )
-    run = OnlineRun()
+    run = OnlineRun(messages={} if keep_messages else None)
 
     async def drive() -> None:
         for batch in _batches(events, batch_size, sorted(clock_at), run):
@@ -182,3 +207,45 @@ def snapshot_records(run: OnlineRun, at_ms: int, horizon_ms: int) -> list[tuple[
         ordered = i < len(orders) and orders[i] <= record.ts + horizon_ms
         out.append((record, not ordered))
     return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m offline_train.online_eval LOG``: run the worker's pipeline over ``LOG`` (one
+    partition, every model) and print ``offline_train.judge``'s report of what it published:
+    churn per expert and horizon, interest, recommendations, lifetime value."""
+    import argparse
+    import json
+    import sys
+
+    from offline_train.judge import LogTruth, judge
+    from stream.models.registry import load_models
+    from stream.settings import Settings, parse_duration_ms
+
+    parser = argparse.ArgumentParser(
+        description=main.__doc__.splitlines()[0] if main.__doc__ else None
+    )
+    parser.add_argument("log", type=Path)
+    parser.add_argument(
+        "--clv-period", default=None, help="e.g. 90d (default: SHOPSCORE_CLV_PERIOD)"
+    )
+    parser.add_argument("--batch-size", type=int, default=500)
+    args = parser.parse_args(argv)
+    config = Settings.from_env().scoring_config()
+    if args.clv_period:
+        config = dataclasses.replace(config, clv_period_ms=parse_duration_ms(args.clv_period))
+    events = clean_log(args.log)
+    run = evaluate_log(
+        events,
+        load_models(),
+        config=config,
+        batch_size=args.batch_size,
+        churn_only=False,
+        keep_messages=True,
+    )
+    report = judge(LogTruth(events), run.messages or {})
+    json.dump(report, sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    main()
