@@ -187,7 +187,7 @@ _FRACTION = click.FloatRange(0.0, 1.0)
 @click.option("--duplicate-fraction", type=_FRACTION, default=0.0, show_default=True)
 @click.option("--orders-only", is_flag=True,
               help="Only orders, as a shop's order history: customers who buy and drop out "
-                   "as BG/NBD assumes (no clicks, carts, dirt or change).")  # fmt: skip
+                   "as MBG/NBD assumes (no clicks, carts, dirt or change).")  # fmt: skip
 def generate(
     users, days, seed, out, change_day, bad_fraction, duplicate_fraction, orders_only
 ) -> None:
