@@ -140,19 +140,26 @@ class BgNbd:
         begin = astuple(start) if start is not None else (prior or cls.PRIOR).mode
         return cls(*_fit(negative_ll, begin, prior).tolist())
 
-    def log_likelihood(self, x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> np.ndarray:
-        """Each customer's log-likelihood (Fader, Hardie and Lee 2005, eq. 6)."""
-        x, t_x, T = _arrays(x, t_x, T)
+    def _common_log_likelihood(self, x: np.ndarray, dropouts_before: float) -> np.ndarray:
+        """The terms of the log-likelihood both variants share: the Gamma mixture of purchase
+        rates, and the Beta mixture of surviving ``x + dropouts_before`` dropout chances."""
         r, alpha, a, b = self.r, self.alpha, self.a, self.b
-        head = (
+        survived = x + dropouts_before
+        return (
             special.gammaln(r + x)
             - special.gammaln(r)
             + r * math.log(alpha)
             + special.gammaln(a + b)
-            + special.gammaln(b + x)
+            + special.gammaln(b + survived)
             - special.gammaln(b)
-            - special.gammaln(a + b + x)
+            - special.gammaln(a + b + survived)
         )
+
+    def log_likelihood(self, x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> np.ndarray:
+        """Each customer's log-likelihood (Fader, Hardie and Lee 2005, eq. 6)."""
+        x, t_x, T = _arrays(x, t_x, T)
+        r, alpha, a, b = self.r, self.alpha, self.a, self.b
+        head = self._common_log_likelihood(x, dropouts_before=0.0)
         stays = -(r + x) * np.log(alpha + T)
         repeat = x > 0
         # Dropped out after the last order: only possible after a repeat order.
@@ -224,16 +231,7 @@ class MbgNbd(BgNbd):
         """Each customer's log-likelihood (Batislam et al. 2007, eq. 2)."""
         x, t_x, T = _arrays(x, t_x, T)
         r, alpha, a, b = self.r, self.alpha, self.a, self.b
-        head = (
-            special.gammaln(r + x)
-            - special.gammaln(r)
-            + r * math.log(alpha)
-            + special.gammaln(a + b)
-            + special.gammaln(b + x + 1.0)
-            - special.gammaln(b)
-            - special.gammaln(a + b + x + 1.0)
-            - (r + x) * np.log(alpha + T)
-        )
+        head = self._common_log_likelihood(x, dropouts_before=1.0) - (r + x) * np.log(alpha + T)
         left = math.log(a) - np.log(b + x) + (r + x) * (np.log(alpha + T) - np.log(alpha + t_x))
         return head + np.logaddexp(left, 0.0)
 
