@@ -175,8 +175,11 @@ class BtydExpert:
                 prior = GammaGamma.prior_for(float(mean_value[priced].mean()))
                 fitted = GammaGamma.fit(orders, mean_value, prior=prior, start=self.gamma_gamma)
                 gamma_gamma = astuple_of(fitted)
-        except (ValueError, FloatingPointError, ArithmeticError):
-            return False  # the last parameters hold until the next fit
+        except Exception:
+            # Whatever the optimiser or the data did, a failed fit must not fail the batch
+            # that triggered it (it runs outside any one user's step): the last parameters
+            # hold until the next fit, ``refit_every`` orders later.
+            return False
         self._bgnbd, self._gamma_gamma = bgnbd, gamma_gamma
         self.fits += 1
         return True

@@ -139,3 +139,16 @@ def test_a_forged_sample_is_refused():
     state["_sample"] = b"\x00" * 7
     with pytest.raises(ValueError, match="packed records"):
         BtydExpert.__new__(BtydExpert).__setstate__(state)
+
+
+def test_a_failed_fit_keeps_the_last_parameters_and_waits_for_more_orders(shop, monkeypatch):
+    cut, orders, _vectors, _churned = shop
+    expert = _fed(orders, refit_every=100)
+    before = expert.bgnbd
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the optimiser gave up")
+
+    monkeypatch.setattr(MbgNbd, "fit", classmethod(broken))
+    assert expert.due() and not expert.refit(cut)
+    assert expert.bgnbd == before and expert.fits == 0 and not expert.due()
