@@ -40,6 +40,7 @@ from offline_train.metrics import (
 )
 from offline_train.online_eval import clean_log
 from stream.contract.events import CartChange, Click, Event, Order
+from stream.settings import parse_duration_ms
 
 __all__ = ["LogTruth", "judge"]
 
@@ -182,7 +183,7 @@ def _churn(truth: LogTruth, messages: Iterable[dict[str, Any]]) -> dict[str, Any
             onnx.append(components.get("onnx", value["churn_probability"]))
             with_btyd += components.get("btyd") is not None
         for label, p in ((components.get("btyd") or {}).get("churn") or {}).items():
-            y_h = truth.churned(value["user_id"], value["ts"], _label_ms(label))
+            y_h = truth.churned(value["user_id"], value["ts"], parse_duration_ms(label))
             if y_h is not None:
                 rows = btyd.setdefault(label, ([], []))
                 rows[0].append(y_h)
@@ -200,16 +201,9 @@ def _churn(truth: LogTruth, messages: Iterable[dict[str, Any]]) -> dict[str, Any
     }
 
 
-def _label_ms(label: str) -> int:
-    """``"30d"`` -> its milliseconds (the labels of ``components.btyd.churn``)."""
-    units = {"d": DAY_MS, "h": 3_600_000, "m": 60_000}
-    if label.endswith("ms"):
-        return int(label[:-2])
-    return int(label[:-1]) * units[label[-1]]
-
-
 def _by_horizon(item: tuple[str, Any]) -> int:
-    return _label_ms(item[0])
+    """Orders ``components.btyd.churn``'s labels (``"30d"``...) by their duration."""
+    return parse_duration_ms(item[0])
 
 
 def _value(truth: LogTruth, messages: Iterable[dict[str, Any]]) -> dict[str, Any]:

@@ -227,9 +227,10 @@ class Scorer:
             step = self._labels(index, user, learners, result)
             if step is not None:
                 labelled.append(step)
-        _refit_btyd(labelled)
-        p_churn = _churn_probabilities(labelled, prepared, inferred)
-        btyd = _btyd_views(labelled, prepared, self.config)
+        partitions = _by_partition(labelled)
+        _refit_btyd(partitions)
+        p_churn = _churn_probabilities(partitions, prepared, inferred)
+        btyd = _btyd_views(partitions, prepared, self.config)
         for step in labelled:
             recs = None
             if step.index in recs_rows and inferred.recs is not None:
@@ -325,24 +326,15 @@ class Scorer:
         nothing is predicted or published. A user whose step raises is a ``ScoreFailure``
         and keeps their state; the others go on."""
         result = ScoreResult()
-        for user in users:
-            labels: list[tuple[str, tuple[Any, ...]]] = []
+        for index, user in enumerate(users):
             try:
                 learners = learners_of(user.partition)
-                work = _working_copy(user.scores)
-                labels = reveal(self.config, work, [], user.at_ms)
-                learn(labels, learners, user.partition, result)
             except Exception as exc:
-                # As in ``finish``: once revealed, labels count as delivered.
-                if labels:
-                    _commit(user.scores, work)
-                    result.changed.append(user)
-                result.failed.append(
-                    ScoreFailure(user.user_id, user.partition, "labels", exc, bool(labels))
-                )
+                result.failed.append(ScoreFailure(user.user_id, user.partition, "labels", exc))
                 continue
-            if labels:
-                _commit(user.scores, work)
+            step = self._labels(index, user, learners, result)
+            if step is not None and step.after_labels is not None:
+                _commit(user.scores, step.work)
                 result.changed.append(user)
                 result.partitions.add(user.partition)
         return result
@@ -381,18 +373,24 @@ class _Labelled:
     after_labels: UserScores | None
 
 
+def _by_partition(labelled: list[_Labelled]) -> list[tuple[Learners, list[_Labelled]]]:
+    """The labelled users grouped by their partition's learners, in batch order."""
+    groups: dict[int, tuple[Learners, list[_Labelled]]] = {}
+    for step in labelled:
+        groups.setdefault(id(step.learners), (step.learners, []))[1].append(step)
+    return list(groups.values())
+
+
 def _churn_probabilities(
-    labelled: list[_Labelled], prepared: Prepared, inferred: Inferred
+    partitions: list[tuple[Learners, list[_Labelled]]], prepared: Prepared, inferred: Inferred
 ) -> dict[int, float]:
     """The blended churn probability of every labelled user (by batch index): one
     ``ChurnBlend.predict_matrix`` per partition. A partition whose call raises gets none here,
     and its users are predicted one by one in ``score_user``, so a failure there is theirs."""
-    by_blend: dict[int, tuple[Any, list[int]]] = {}
-    for step in labelled:
-        blend = step.learners.churn
-        by_blend.setdefault(id(blend), (blend, []))[1].append(step.index)
     out: dict[int, float] = {}
-    for blend, rows in by_blend.values():
+    for learners, steps in partitions:
+        rows = [step.index for step in steps]
+        blend = learners.churn
         try:
             p_onnx = inferred.churn[rows].astype(np.float64)
             X = prepared.churn_inputs()[rows] if blend.reads_features else None
@@ -403,37 +401,29 @@ def _churn_probabilities(
     return out
 
 
-def _refit_btyd(labelled: list[_Labelled]) -> None:
+def _refit_btyd(partitions: list[tuple[Learners, list[_Labelled]]]) -> None:
     """Refit each partition's BTYD expert that has seen enough orders since its last fit, at
     the partition's latest event time in the batch: once per batch at most."""
-    now: dict[int, tuple[Learners, int]] = {}
-    for step in labelled:
-        seen = now.get(id(step.learners))
-        if seen is None or step.user.at_ms > seen[1]:
-            now[id(step.learners)] = (step.learners, step.user.at_ms)
-    for learners, at_ms in now.values():
+    for learners, steps in partitions:
         if learners.btyd.due():
-            learners.btyd.refit(at_ms)
+            learners.btyd.refit(max(step.user.at_ms for step in steps))
 
 
 def _btyd_views(
-    labelled: list[_Labelled], prepared: Prepared, config: ScoringConfig
+    partitions: list[tuple[Learners, list[_Labelled]]], prepared: Prepared, config: ScoringConfig
 ) -> dict[int, BtydView]:
     """Each labelled user's BTYD figures (by batch index), one vectorised prediction per
     partition; a user who never ordered gets none. Expected orders and lifetime value are
     computed for full scores only (they feed ``scores.purchase_power``)."""
-    by_expert: dict[int, tuple[Any, list[int]]] = {}
-    for step in labelled:
-        expert = step.learners.btyd
-        by_expert.setdefault(id(expert), (expert, []))[1].append(step.index)
     horizons = [ms / DAY_MS for ms in config.churn_horizons_ms]
     labels = [horizon_label(ms) for ms in config.churn_horizons_ms]
     period = config.clv_period_ms / DAY_MS
     out: dict[int, BtydView] = {}
-    for expert, rows in by_expert.values():
+    for learners, steps in partitions:
+        rows = [step.index for step in steps]
         vectors = [prepared.vectors[i] for i in rows]
         try:
-            view = expert.predict(vectors, horizons, period, value=not prepared.churn_only)
+            view = learners.btyd.predict(vectors, horizons, period, value=not prepared.churn_only)
         except Exception:
             continue  # the expert's figures are left out of these users' messages
         for n, index in enumerate(rows):

@@ -34,10 +34,10 @@ import numpy as np
 
 from stream.features.schema import FEATURE_NAMES
 from stream.scoring.btyd import BgNbd, GammaGamma, MbgNbd
+from stream.scoring.pending import DAY_MS
 
 __all__ = ["BtydExpert", "BtydPrediction"]
 
-DAY_MS = 86_400_000
 _HASH_SPACE = 2**64
 #: One sampled customer in the checkpoint: hash, first and last order (ms), orders, spend.
 _RECORD = struct.Struct("<QqqId")
@@ -53,24 +53,18 @@ def _hash(user_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(user_id.encode(), digest_size=8).digest(), "little")
 
 
+@dataclasses.dataclass(frozen=True)
 class BtydPrediction:
     """The expert's view of a batch of customers (arrays, one entry per row; NaN where a row is
     not a customer yet: no order)."""
 
-    def __init__(
-        self,
-        p_alive: np.ndarray,
-        p_no_order: dict[float, np.ndarray],
-        expected_orders: np.ndarray,
-        expected_value: np.ndarray,
-    ) -> None:
-        self.p_alive = p_alive
-        #: Horizon (days) -> probability of no order within it.
-        self.p_no_order = p_no_order
-        #: Expected orders over the value period.
-        self.expected_orders = expected_orders
-        #: Expected value of one order.
-        self.expected_value = expected_value
+    p_alive: np.ndarray
+    #: Horizon (days) -> probability of no order within it.
+    p_no_order: dict[float, np.ndarray]
+    #: Expected orders over the value period.
+    expected_orders: np.ndarray
+    #: Expected value of one order.
+    expected_value: np.ndarray
 
     @property
     def clv(self) -> np.ndarray:
