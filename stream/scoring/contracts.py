@@ -1,16 +1,22 @@
 """The output topics' message contracts, as a checker downstream consumers and tests share.
 
 >>> problems("scores.churn", {"user_id": "u1", "ts": 1, "trigger": "e1",
-...     "models": {"onnx": "v1"}, "churn_probability": 0.2, "horizon_days": 30.0})
+...     "models": {"onnx": "v1"}, "churn_probability": 0.2, "horizon_days": 30.0,
+...     "p_alive": 0.9, "horizons": {"30d": 0.2, "90d": 0.1}})
 []
 >>> problems("scores.churn", {"user_id": "u1", "ts": 1, "trigger": "e1", "models": {},
-...     "churn_probability": 1.5, "horizon_days": 30})
-['models.onnx None does not name the ONNX model version', 'churn_probability 1.5 outside 0..1']
+...     "churn_probability": 1.5, "horizon_days": 30, "p_alive": None,
+...     "horizons": {"30d": 0.2, "90d": 0.3}})  # doctest: +NORMALIZE_WHITESPACE
+['models.onnx None does not name the ONNX model version', 'churn_probability 1.5 outside 0..1',
+ 'horizons is not {horizon: probability or null} falling with the horizon']
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
+
+from stream.setting_values import parse_duration_ms
 
 __all__ = ["problems"]
 
@@ -38,6 +44,21 @@ def _onnx_versions(topic: str, onnx: Any) -> bool:
     return isinstance(onnx, str) and bool(onnx)
 
 
+def _horizons(value: Any) -> bool:
+    """``{"30d": p, "90d": p, ...}``: durations to probabilities or null, and a longer horizon
+    never with the higher churn (no order within 90 days implies none within 30)."""
+    if not isinstance(value, dict) or not value:
+        return False
+    try:
+        spans = {parse_duration_ms(label): p for label, p in value.items()}
+    except (TypeError, ValueError):
+        return False
+    known = [spans[span] for span in sorted(spans) if spans[span] is not None]
+    return all(_probability(p) for p in known) and all(
+        later <= earlier + 1e-9 for earlier, later in itertools.pairwise(known)
+    )
+
+
 def problems(topic: str, value: Any) -> list[str]:
     """What is wrong with ``value`` as a message of ``topic`` (empty when it conforms)."""
     if not isinstance(value, dict):
@@ -59,6 +80,10 @@ def problems(topic: str, value: Any) -> list[str]:
             out.append(f"churn_probability {value.get('churn_probability')!r} outside 0..1")
         if not _number(value.get("horizon_days")) or value["horizon_days"] <= 0:
             out.append("horizon_days missing")
+        if value.get("p_alive", "missing") is not None and not _probability(value.get("p_alive")):
+            out.append(f"p_alive {value.get('p_alive')!r} is neither null nor a probability")
+        if not _horizons(value.get("horizons")):
+            out.append("horizons is not {horizon: probability or null} falling with the horizon")
         components = value.get("components")
         btyd = components.get("btyd") if isinstance(components, dict) else None
         if btyd is not None and not (

@@ -24,8 +24,9 @@ Labels are revealed by the stream itself, in event time:
   else minus its cost once the window has passed (``pending.resolve_offer``).
 
 The batch's data types are in ``stream.scoring.batch``, one user's labels and scores in
-``stream.scoring.user_steps``; this module keeps the steps and re-exports the names callers
-import from it.
+``stream.scoring.user_steps``, the steps run once per partition (the BTYD expert, the churn
+blend's experts) in ``stream.scoring.partition_steps``; this module keeps the steps and
+re-exports the names callers import from it.
 """
 
 from __future__ import annotations
@@ -62,10 +63,17 @@ from stream.scoring.batch import (
     ScoringFailed,
     UserInput,
 )
-from stream.scoring.churn_input import CHURN_INPUT_NAMES, MOMENT_FEATURES, churn_inputs
+from stream.scoring.churn_input import MOMENT_FEATURES, churn_inputs
+from stream.scoring.partition_steps import (
+    Labelled,
+    btyd_views,
+    by_partition,
+    churn_figures,
+    refit_btyd,
+)
 from stream.scoring.pending import PendingChurn
 from stream.scoring.state import Learners, UserScores
-from stream.scoring.user_steps import BtydView, horizon_label, learn, reveal, score_user
+from stream.scoring.user_steps import BtydView, learn, reveal, score_user
 
 __all__ = [
     "DAY_MS",
@@ -216,7 +224,7 @@ class Scorer:
             stop = recs_offset + len(cart.candidates.items)
             recs_rows[index] = (cart, recs_offset, stop)
             recs_offset = stop
-        labelled: list[_Labelled] = []
+        labelled: list[Labelled] = []
         for index, user in enumerate(prepared.users):
             try:
                 learners = learners_of(user.partition)
@@ -227,23 +235,23 @@ class Scorer:
             step = self._labels(index, user, learners, result)
             if step is not None:
                 labelled.append(step)
-        partitions = _by_partition(labelled)
-        _refit_btyd(partitions)
-        p_churn = _churn_probabilities(partitions, prepared, inferred)
-        btyd = _btyd_views(partitions, prepared, self.config)
+        partitions = by_partition(labelled)
+        refit_btyd(partitions)
+        btyd = btyd_views(partitions, prepared, self.config)
+        said = churn_figures(partitions, prepared, inferred, btyd)
         for step in labelled:
             recs = None
             if step.index in recs_rows and inferred.recs is not None:
                 cart, start, stop = recs_rows[step.index]
                 recs = (cart, inferred.recs[start:stop])
-            p = p_churn.get(step.index)
+            figures = said.get(step.index)
             view = btyd.get(step.index)
-            self._score_user(step, prepared, inferred, recs, versions, p, view, result)
+            self._score_user(step, prepared, inferred, recs, versions, figures, view, result)
         return result
 
     def _labels(
         self, index: int, user: UserInput, learners: Learners, result: ScoreResult
-    ) -> _Labelled | None:
+    ) -> Labelled | None:
         """One user's labels, learned, on a working copy of their scoring state; None (and a
         ``ScoreFailure``) when that raises."""
         scores = user.scores
@@ -265,16 +273,16 @@ class Scorer:
                 ScoreFailure(user.user_id, user.partition, "labels", exc, after_labels is not None)
             )
             return None
-        return _Labelled(index, user, learners, work, after_labels)
+        return Labelled(index, user, learners, work, after_labels)
 
     def _score_user(
         self,
-        step: _Labelled,
+        step: Labelled,
         prepared: Prepared,
         inferred: Inferred,
         recs: tuple[Cart, np.ndarray] | None,
         versions: dict[str, str],
-        p_churn: float | None,
+        said: list[float | None] | None,
         btyd: BtydView | None,
         result: ScoreResult,
     ) -> None:
@@ -295,7 +303,7 @@ class Scorer:
                     recs,
                     versions,
                     mine,
-                    p_churn=p_churn,
+                    said=said,
                     btyd=btyd,
                 )
             finally:
@@ -357,88 +365,6 @@ class Scorer:
         if strict and result.failed:
             raise ScoringFailed(result.failed) from result.failed[0].error
         return result
-
-
-@dataclasses.dataclass
-class _Labelled:
-    """A user of ``finish`` between its passes: labels learned, not yet scored."""
-
-    index: int
-    user: UserInput
-    learners: Learners
-    #: The working copy of the user's scoring state (labels delivered).
-    work: UserScores
-    #: A copy of ``work`` right after the labels were revealed, when there were any: what is
-    #: written back if scoring then fails.
-    after_labels: UserScores | None
-
-
-def _by_partition(labelled: list[_Labelled]) -> list[tuple[Learners, list[_Labelled]]]:
-    """The labelled users grouped by their partition's learners, in batch order."""
-    groups: dict[int, tuple[Learners, list[_Labelled]]] = {}
-    for step in labelled:
-        groups.setdefault(id(step.learners), (step.learners, []))[1].append(step)
-    return list(groups.values())
-
-
-def _churn_probabilities(
-    partitions: list[tuple[Learners, list[_Labelled]]], prepared: Prepared, inferred: Inferred
-) -> dict[int, float]:
-    """The blended churn probability of every labelled user (by batch index): one
-    ``ChurnBlend.predict_matrix`` per partition. A partition whose call raises gets none here,
-    and its users are predicted one by one in ``score_user``, so a failure there is theirs."""
-    out: dict[int, float] = {}
-    for learners, steps in partitions:
-        rows = [step.index for step in steps]
-        blend = learners.churn
-        try:
-            p_onnx = inferred.churn[rows].astype(np.float64)
-            X = prepared.churn_inputs()[rows] if blend.reads_features else None
-            p = blend.predict_matrix(X, CHURN_INPUT_NAMES, p_onnx).tolist()
-        except Exception:
-            continue
-        out.update(zip(rows, p, strict=True))
-    return out
-
-
-def _refit_btyd(partitions: list[tuple[Learners, list[_Labelled]]]) -> None:
-    """Refit each partition's BTYD expert that has seen enough orders since its last fit, at
-    the partition's latest event time in the batch: once per batch at most."""
-    for learners, steps in partitions:
-        if learners.btyd.due():
-            learners.btyd.refit(max(step.user.at_ms for step in steps))
-
-
-def _btyd_views(
-    partitions: list[tuple[Learners, list[_Labelled]]], prepared: Prepared, config: ScoringConfig
-) -> dict[int, BtydView]:
-    """Each labelled user's BTYD figures (by batch index), one vectorised prediction per
-    partition; a user who never ordered gets none. Expected orders and lifetime value are
-    computed for full scores only (they feed ``scores.purchase_power``)."""
-    horizons = [ms / DAY_MS for ms in config.churn_horizons_ms]
-    labels = [horizon_label(ms) for ms in config.churn_horizons_ms]
-    period = config.clv_period_ms / DAY_MS
-    out: dict[int, BtydView] = {}
-    for learners, steps in partitions:
-        rows = [step.index for step in steps]
-        vectors = [prepared.vectors[i] for i in rows]
-        try:
-            view = learners.btyd.predict(vectors, horizons, period, value=not prepared.churn_only)
-        except Exception:
-            continue  # the expert's figures are left out of these users' messages
-        for n, index in enumerate(rows):
-            if view.p_alive[n] != view.p_alive[n]:  # NaN: not a customer yet
-                continue
-            out[index] = BtydView(
-                float(view.p_alive[n]),
-                {
-                    label: float(view.p_no_order[h][n])
-                    for label, h in zip(labels, horizons, strict=True)
-                },
-                None if prepared.churn_only else float(view.expected_orders[n]),
-                None if prepared.churn_only else float(view.clv[n]),
-            )
-    return out
 
 
 class _Timer:

@@ -228,6 +228,23 @@ class BtydExpert:
             expected_value = values.expected_value(s["orders"], s["mean_value"]) + nan
         return BtydPrediction(p_alive, p_no_order, expected_orders, expected_value)
 
+    def blend_view(self, vectors: Sequence[Sequence[float]], horizon_days: float) -> np.ndarray:
+        """What the churn blend takes from the expert (``ChurnBlend``, ``churn_input.btyd_inputs``),
+        one row per customer: P(no order within ``horizon_days``), P(alive), and expected
+        orders within it; NaN rows for users who never ordered."""
+        s = self.summaries(vectors)
+        model = self.bgnbd
+        x, t_x, T = s["x"], s["t_x"], s["T"]
+        view = np.column_stack(
+            [
+                model.p_no_order(x, t_x, T, horizon_days),
+                model.p_alive(x, t_x, T),
+                model.expected_orders(x, t_x, T, horizon_days),
+            ]
+        )
+        view[~s["customer"]] = np.nan
+        return view
+
     # -- checkpoint -------------------------------------------------------------------------
 
     def __getstate__(self) -> dict[str, Any]:

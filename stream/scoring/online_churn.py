@@ -1,41 +1,42 @@
-"""Churn probability: the offline ONNX model, corrected online for the shop actually streaming.
+"""Churn probability: the offline ONNX model, corrected online for the shop actually streaming,
+and blended with the shop's buy-till-you-die model.
 
 The ONNX model was trained on some shops' histories; a new shop has other volumes, prices and
-rhythms. So the published probability is a mixture of two experts, both learning online from
-this shop's delayed labels,
+rhythms. So the published probability is a mixture of experts, all learning online from this
+shop's delayed labels,
 
-    p = w * p_online + (1 - w) * p_calibrated
+    p = w * p_online + (1 - w) * p_calibrated              (a user who never ordered)
+    p = w_c * p_calibrated + w_o * p_online + w_b * p_btyd   (a customer)
 
-- ``p_calibrated`` is the ONNX probability recalibrated for this shop (Platt scaling: a River
-  logistic regression on ``onnx_logit`` alone). It is monotone in the ONNX score, so it keeps
-  the offline model's ranking and only fixes the shop's base rate and the model's confidence.
+- ``p_calibrated`` is the ONNX probability recalibrated for this shop (Platt scaling on
+  ``onnx_logit``, fitted to a window of recent labels: ``stream.scoring.calibration``). It is
+  monotone in the ONNX score, so it keeps the offline model's ranking and only fixes the shop's
+  base rate and the model's confidence.
 - ``p_online`` comes from a River logistic regression over the shop-agnostic features *and*
   ``onnx_logit`` (a stacker): it can learn relationships the offline model never saw.
+- ``p_btyd`` is the partition's BTYD expert's probability of no order within the horizon
+  (``stream.scoring.online_btyd``), recalibrated the same way from the identity. It only speaks
+  for customers: MBG/NBD says nothing of a visitor who never ordered. Its view (P(no order),
+  P(alive), expected orders) is also the stacker's input.
 
 Comparing the stacker with the *calibrated* ONNX model matters: against the raw ONNX score the
 stacker would win on calibration alone (a new shop's churn rate differs) even when it ranks
 users worse, and the published ranking would get worse while its log-loss got better.
 
-The weight ``w`` is an exponentially discounted Bayesian mixture (Hedge with learning rate 1,
-the optimal rate for log-loss, which is 1-exp-concave)::
-
-    A <- gamma * A + (logloss(p_calibrated) - logloss(p_online))  # per label, progressive
-    w  = sigmoid(eta * A)                                      # eta = 1 by default
-
-``A`` is the online expert's advantage, summed over recent labels with a half-life of
-``half_life`` labels (``gamma = 2 ** (-1 / half_life)``), so old evidence fades and the blend
-can move back when the winner changes. Until ``min_labels`` labels have been seen the raw ONNX
-probability is published: both online experts are still near their zero initialisation.
+The weights are a Bayesian mixture over the experts' recent log-loss on the labels
+(``stream.scoring.expert_mixture``), customers having a mixture of their own. Until
+``min_labels`` labels have been seen the raw ONNX probability is published: the online experts
+are still near their initialisation.
 
 Drift: ``drift.ADWIN`` watches the ONNX model's per-label log-loss (the frozen expert is the
 one that cannot follow a change). When it flags a change *and* the loss went up (a
 degradation — ADWIN also flags improvements, which need no reaction), the
 pre-drift evidence is judged stale: the ONNX model's ranking is frozen and cannot follow the
-shop, the stacker can. So ``A`` is raised to at least ``logit(drift_weight) / eta`` (``w`` jumps to
-at least ``drift_weight``, 0.75 by default; never lowered) and then decays back towards what new
-labels say. ``drifts`` counts these events and ``learn`` returns True so the caller can log
-and meter it. Before ``min_labels`` a drift is still counted and the advantage still raised,
-but ``w`` stays 0 until the online learner has seen enough labels.
+shop, the stacker can. So its share against the calibrated ONNX model jumps to at least
+``drift_weight`` (0.75 by default; never lowered) and then decays back towards what new labels
+say (``ExpertMixture.favour_online``). ``drifts`` counts these events and ``learn`` returns
+True so the caller can log and meter it. Before ``min_labels`` a drift is still counted and
+the advantage still raised, but ``w`` stays 0 until the online learner has seen enough labels.
 
 Nothing here reads a clock: the learner's time is the order in which labels arrive.
 """
@@ -45,19 +46,17 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
+from typing import Any
 
-import numpy as np
 from river import base, compose, drift, linear_model, metrics, optim, preprocessing, utils
 
+from stream.scoring.calibration import WindowedPlatt
+from stream.scoring.churn_matrix import CLIP as _CLIP
+from stream.scoring.churn_matrix import LOGIT_EPS as _LOGIT_EPS
+from stream.scoring.churn_matrix import ONNX_LOGIT, BatchPredictions
+from stream.scoring.expert_mixture import ExpertMixture, log_loss
+
 __all__ = ["ONNX_LOGIT", "ChurnBlend"]
-
-#: The feature key under which the ONNX probability's logit reaches the online learner.
-ONNX_LOGIT = "onnx_logit"
-
-_LOGIT_EPS = 1e-6  # keeps logit(p_onnx) finite
-_CLIP = 5.0
-_MIN_WEIGHT = 1e-6  # below it the online expert is left out of the blend
-_LOSS_EPS = 1e-4  # per-label losses for the mixture and ADWIN are at most -log(1e-4) ≈ 9.2
 
 
 def _clip(p: float, eps: float) -> float:
@@ -69,13 +68,6 @@ def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
-def _sigmoid(z: float) -> float:
-    if z >= 0:
-        return 1.0 / (1.0 + math.exp(-z))
-    e = math.exp(z)
-    return e / (1.0 + e)
-
-
 def _clip_scaled(x: dict[str, float]) -> dict[str, float]:
     """Standardised inputs clipped to ±5: a feature the learner has nearly always seen at one
     value (the hours since the last click, when scores are made at clicks) would otherwise turn
@@ -84,12 +76,7 @@ def _clip_scaled(x: dict[str, float]) -> dict[str, float]:
     return {k: (_CLIP if v > _CLIP else -_CLIP if v < -_CLIP else v) for k, v in x.items()}
 
 
-def _log_loss(y: bool, p: float) -> float:
-    p = _clip(p, _LOSS_EPS)
-    return -math.log(p if y else 1.0 - p)
-
-
-class ChurnBlend(base.Base):
+class ChurnBlend(BatchPredictions, base.Base):
     """ONNX churn probability blended with an online stacker that learns from delayed labels.
 
     Parameters
@@ -143,14 +130,13 @@ class ChurnBlend(base.Base):
         drift_delta: float = 0.002,
         window: int = 1000,
         min_labels: int = 200,
-        half_life: float = 250.0,
+        half_life: float = 2000.0,
         eta: float = 1.0,
         drift_weight: float = 0.75,
     ) -> None:
-        if not 0.0 < drift_weight < 1.0:
-            raise ValueError("drift_weight must be in (0, 1)")
-        if half_life <= 0 or window <= 0 or eta <= 0 or min_labels < 0:
-            raise ValueError("half_life, window and eta must be positive, min_labels >= 0")
+        if window <= 0 or min_labels < 0:
+            raise ValueError("window must be positive, min_labels >= 0")
+        mixture = ExpertMixture(half_life=half_life, eta=eta, drift_weight=drift_weight)
         self.lr = lr
         self.seed = seed
         self.drift_delta = drift_delta
@@ -165,11 +151,10 @@ class ChurnBlend(base.Base):
             | compose.FuncTransformer(_clip_scaled)
             | linear_model.LogisticRegression(optimizer=optim.SGD(lr), intercept_lr=lr)
         )
-        # Platt scaling of the ONNX logit; a logit's scale is fixed, so no scaler is needed and
-        # a larger step converges in a few hundred labels.
-        self._platt = linear_model.LogisticRegression(optimizer=optim.SGD(0.05), intercept_lr=0.05)
-        self._gamma = 2.0 ** (-1.0 / half_life)
-        self._advantage = 0.0  # decayed sum of logloss(onnx) - logloss(online)
+        # Platt scaling of the ONNX logit, over a window of labels (``WindowedPlatt``: a
+        # constant-step SGD would follow the bursts labels come in).
+        self._platt = WindowedPlatt()
+        self._mixture = mixture
         self._labels = 0
         self._drifts = 0
         self._adwin = drift.ADWIN(delta=drift_delta)
@@ -178,22 +163,61 @@ class ChurnBlend(base.Base):
         self._loss_blend = utils.Rolling(metrics.LogLoss, window_size=window)
         self._loss_onnx = utils.Rolling(metrics.LogLoss, window_size=window)
         self._recent: deque[bool] = deque(maxlen=window)  # the labels the rolling AUCs hold
+        self._add_btyd()
+
+    def _add_btyd(self) -> None:
+        # From the identity: the expert is a probability model fitted to this shop, trusted as
+        # it is until labels say otherwise.
+        self._btyd = WindowedPlatt(start=(1.0, 0.0))
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A checkpoint from before the BTYD expert gets it fresh (its advantage 0: level
+        with the calibrated ONNX expert) and its stacker's advantage moves into the mixture;
+        one from before ``WindowedPlatt`` starts its calibration of ONNX from the River
+        regression's weights."""
+        state = dict(state)
+        if "_mixture" not in state:
+            advantage = state.pop("_advantage", 0.0)
+            state.pop("_gamma", None)
+            mixture = ExpertMixture(
+                half_life=state.get("half_life", 2000.0),
+                eta=state.get("eta", 1.0),
+                drift_weight=state.get("drift_weight", 0.75),
+            )
+            mixture.advantage = float(advantage)
+            state["_mixture"] = mixture
+        self.__dict__.update(state)
+        if "_btyd" not in state:
+            self._add_btyd()
+        platt = state.get("_platt")
+        if isinstance(platt, linear_model.LogisticRegression):
+            start = (float(platt.weights.get(ONNX_LOGIT, 0.0)), float(platt.intercept))
+            self._platt = WindowedPlatt(start=start if all(map(math.isfinite, start)) else (1, 0))
 
     # -- reading -----------------------------------------------------------------------------
 
     @property
     def weight_online(self) -> float:
-        """The online learner's share ``w`` of the blend (0 until ``min_labels`` labels)."""
+        """The online learner's share ``w`` of the blend for a user who never ordered (0 until
+        ``min_labels`` labels)."""
+        return self.shares(False)[1]
+
+    def shares(self, btyd: bool) -> tuple[float, float, float]:
+        """The shares of the calibrated ONNX, online and BTYD experts in the blend for a user
+        the BTYD expert has a view of (``btyd``) or not; all 0 until ``min_labels`` labels,
+        when the raw ONNX probability is published."""
         if self._labels < self.min_labels:
-            return 0.0
-        return _sigmoid(self.eta * self._advantage)
+            return 0.0, 0.0, 0.0
+        return self._mixture.shares(btyd)
 
     @property
     def reads_features(self) -> bool:
         """Whether ``predict`` reads its ``x`` at present: only once the online expert has
         weight (before, or while the calibrated ONNX expert wins outright, ``x`` is unused
         and callers may skip building it)."""
-        return self._labels >= self.min_labels and self.weight_online >= _MIN_WEIGHT
+        return self._labels >= self.min_labels and (
+            self.shares(False)[1] > 0.0 or self.shares(True)[1] > 0.0
+        )
 
     @property
     def labels_seen(self) -> int:
@@ -212,27 +236,48 @@ class ChurnBlend(base.Base):
         return float(self._model.predict_proba_one(features).get(True, 0.0))
 
     def _p_calibrated(self, p_onnx: float) -> float:
-        return float(self._platt.predict_proba_one({ONNX_LOGIT: _logit(p_onnx)}).get(True, 0.0))
+        return self._platt.predict(_logit(p_onnx))
 
-    def predict(self, x: Mapping[str, float], p_onnx: float) -> float:
-        """The blended churn probability. ``x`` holds shop-agnostic features; ``onnx_logit`` is
-        derived from ``p_onnx`` here (a value for it in ``x`` is replaced)."""
+    def _p_btyd(self, p_btyd: float) -> float:
+        return self._btyd.predict(_logit(p_btyd))
+
+    def experts(
+        self, x: Mapping[str, float], p_onnx: float, p_btyd: float | None = None
+    ) -> tuple[float, float, float | None]:
+        """Each expert's probability now: the calibrated ONNX model, the online stacker, and
+        the calibrated BTYD expert (None for a user it has no view of). Arguments as in
+        ``predict``."""
+        return (
+            self._p_calibrated(p_onnx),
+            self._p_online(self._features(x, p_onnx)),
+            None if p_btyd is None else self._p_btyd(p_btyd),
+        )
+
+    def combine(self, p_onnx: float, calibrated: float, online: float, btyd: float | None) -> float:
+        """The published probability from the experts' (``experts``): their mixture, or the
+        raw ONNX probability until ``min_labels`` labels."""
         if self._labels < self.min_labels:
             return float(p_onnx)
-        w = self.weight_online
-        calibrated = self._p_calibrated(p_onnx)
-        if w < _MIN_WEIGHT:
-            return calibrated
-        return w * self._p_online(self._features(x, p_onnx)) + (1.0 - w) * calibrated
+        w_cal, w_online, w_btyd = self.shares(btyd is not None)
+        p = w_cal * calibrated
+        if w_online:
+            p += w_online * online
+        if btyd is not None:
+            p += w_btyd * btyd
+        return p
 
-    def _blend(self, p_onnx: float, p_online: float, p_calibrated: float) -> float:
-        """``predict`` from the experts' probabilities, already computed."""
+    def predict(self, x: Mapping[str, float], p_onnx: float, p_btyd: float | None = None) -> float:
+        """The blended churn probability. ``x`` holds shop-agnostic features (and the BTYD
+        expert's view, ``churn_input.btyd_inputs``); ``onnx_logit`` is derived from ``p_onnx``
+        here (a value for it in ``x`` is replaced). ``p_btyd`` is the BTYD expert's
+        probability, None for a user it has no view of."""
         if self._labels < self.min_labels:
             return float(p_onnx)
-        w = self.weight_online
-        if w < _MIN_WEIGHT:
-            return p_calibrated
-        return w * p_online + (1.0 - w) * p_calibrated
+        # The stacker's prediction is the costly one: made only when it has a share.
+        _w_cal, w_online, _w_btyd = self.shares(p_btyd is not None)
+        online = self._p_online(self._features(x, p_onnx)) if w_online else 0.0
+        btyd = None if p_btyd is None else self._p_btyd(p_btyd)
+        return self.combine(p_onnx, self._p_calibrated(p_onnx), online, btyd)
 
     def predict_many(
         self, xs: Sequence[Mapping[str, float]], p_onnx: Sequence[float]
@@ -241,50 +286,6 @@ class ChurnBlend(base.Base):
         if len(xs) != len(p_onnx):
             raise ValueError(f"{len(xs)} feature dicts but {len(p_onnx)} ONNX probabilities")
         return [self.predict(x, p) for x, p in zip(xs, p_onnx, strict=True)]
-
-    def predict_matrix(
-        self, X: np.ndarray | None, columns: Sequence[str], p_onnx: np.ndarray
-    ) -> np.ndarray:
-        """``predict`` for a whole micro-batch at once, from the experts' parameters: row ``i``
-        of ``X`` holds ``x[c] for c in columns`` of the ``i``-th user (``onnx_logit`` is
-        derived from ``p_onnx``, as in ``predict``). Equal to one ``predict`` per row up to
-        the last bits of the floating point sums. ``X`` is read only when ``reads_features``;
-        callers may pass None otherwise.
-
-        Why not River's ``predict_proba_many``: it goes through a data frame per call, which
-        costs more than a micro-batch of a few users' ``predict_proba_one``; the parameters
-        (the scaler's running means and variances, the regressions' weights and intercepts)
-        are the models' public state and the arithmetic is River's own (``transform_one``,
-        ``_clip_scaled``, the loss's ``mean_func`` over an array)."""
-        p_onnx = np.asarray(p_onnx, dtype=np.float64)
-        if self._labels < self.min_labels:
-            return p_onnx.copy()
-        clipped = np.clip(p_onnx, _LOGIT_EPS, 1.0 - _LOGIT_EPS)
-        logit = np.log(clipped / (1.0 - clipped))
-        platt = self._platt
-        calibrated = platt.loss.mean_func(
-            logit * platt.weights.get(ONNX_LOGIT, 0.0) + platt.intercept
-        )
-        w = self.weight_online
-        if w < _MIN_WEIGHT:
-            return calibrated
-        if X is None:
-            raise ValueError("the online expert has weight: X is needed (see reads_features)")
-        scaler, _clip_step, model = self._model.steps.values()
-        names = [c for c in columns if c != ONNX_LOGIT]
-        keep = [n for n, c in enumerate(columns) if c != ONNX_LOGIT]
-        matrix = np.column_stack([np.asarray(X, dtype=np.float64)[:, keep], logit])
-        names.append(ONNX_LOGIT)
-        means = np.array([scaler.means.get(c, 0.0) for c in names])
-        variances = np.array([scaler.vars.get(c, 0.0) for c in names])
-        # transform_one: (x - mean) / std, and 0.0 for a feature without variance yet.
-        seen = variances > 0
-        std = np.where(seen, np.sqrt(np.where(seen, variances, 1.0)), 1.0)
-        scaled = np.where(seen, (matrix - means) / std, 0.0)
-        scaled = np.clip(scaled, -_CLIP, _CLIP)
-        weights = np.array([model.weights.get(c, 0.0) for c in names])
-        online = model.loss.mean_func(scaled @ weights + model.intercept)
-        return w * online + (1.0 - w) * calibrated
 
     def metrics(self) -> dict[str, float]:
         """Rolling (last ``window`` labels) ROC AUC and log-loss of the blend and of ONNX alone,
@@ -308,15 +309,34 @@ class ChurnBlend(base.Base):
 
     # -- learning ----------------------------------------------------------------------------
 
-    def learn(self, x: Mapping[str, float], p_onnx: float, y: bool) -> bool:
+    def learn(
+        self,
+        x: Mapping[str, float],
+        p_onnx: float,
+        y: bool,
+        p_btyd: float | None = None,
+        said: Sequence[float | None] | None = None,
+    ) -> bool:
         """Learn one delayed label (``y=True``: the user churned) for a past prediction made
-        from ``x`` and ``p_onnx``. Returns True when a drift (degradation) was detected."""
+        from ``x``, ``p_onnx`` and ``p_btyd`` (as in ``predict``). ``said`` is what was
+        published then and what each expert said: ``(published, *experts(...))``. The
+        mixture and the metrics judge those, not what the experts would say now: labels
+        arrive in bursts of one outcome (the idle users' whose horizon ended), and an expert
+        that has just learned the burst's first labels would look better on its next ones
+        than it was when it spoke. Without ``said`` (a prediction kept before it was) the
+        experts' present figures stand in. Returns True when a drift (degradation) was
+        detected."""
         y = bool(y)
         p_onnx = float(p_onnx)
         features = self._features(x, p_onnx)
-        p_online = self._p_online(features)
-        p_calibrated = self._p_calibrated(p_onnx)
-        p_blend = self._blend(p_onnx, p_online, p_calibrated)
+        if said is None:
+            p_calibrated = self._p_calibrated(p_onnx)
+            p_online = self._p_online(features)
+            p_expert = None if p_btyd is None else self._p_btyd(p_btyd)
+            p_blend = self.combine(p_onnx, p_calibrated, p_online, p_expert)
+        else:
+            p_blend, p_calibrated, p_online = (float(v or 0.0) for v in said[:3])
+            p_expert = None if said[3] is None else float(said[3])
 
         self._auc_blend.update(y, p_blend)
         self._auc_onnx.update(y, p_onnx)
@@ -327,18 +347,17 @@ class ChurnBlend(base.Base):
         self._loss_blend.update(y, p_blend)
         self._loss_onnx.update(y, p_onnx)
 
-        self._advantage = self._gamma * self._advantage + (
-            _log_loss(y, p_calibrated) - _log_loss(y, p_online)
-        )
+        self._mixture.update(y, calibrated=p_calibrated, online=p_online, btyd=p_expert)
+        if p_btyd is not None:
+            self._btyd.learn(_logit(p_btyd), y)
         self._model.learn_one(features, y)
-        self._platt.learn_one({ONNX_LOGIT: features[ONNX_LOGIT]}, y)
+        self._platt.learn(features[ONNX_LOGIT], y)
         self._labels += 1
 
         before = self._adwin.estimation
-        self._adwin.update(_log_loss(y, p_onnx))
+        self._adwin.update(log_loss(y, p_onnx))
         if self._adwin.drift_detected and self._adwin.estimation > before:
             self._drifts += 1
-            floor = _logit(self.drift_weight) / self.eta
-            self._advantage = max(self._advantage, floor)
+            self._mixture.favour_online()
             return True
         return False

@@ -32,11 +32,11 @@ nothing, the next known one does).
 >>> [p.ts for p in pending]
 [0, 172800000]
 >>> resolve_churn(pending, order_ts=None, now_ts=31 * day, horizon_ms=30 * day)
-[({'orders': 1.0}, 0.2, True)]
+[ChurnLabel(x={'orders': 1.0}, p_onnx=0.2, y=True, btyd=None, said=None)]
 >>> resolve_churn(pending, order_ts=31 * day, now_ts=31 * day, horizon_ms=30 * day)
 []
 >>> resolve_churn(pending, order_ts=None, now_ts=32 * day, horizon_ms=30 * day)
-[({'orders': 1.0}, 0.4, False)]
+[ChurnLabel(x={'orders': 1.0}, p_onnx=0.4, y=False, btyd=None, said=None)]
 >>> pending
 []
 """
@@ -47,7 +47,7 @@ import bisect
 import heapq
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "ChurnLabel",
@@ -64,8 +64,16 @@ __all__ = [
 
 DAY_MS = 86_400_000
 
-#: What ``resolve_churn`` delivers per label: ``(x, p_onnx, y)``, ready for ``ChurnBlend.learn``.
-ChurnLabel = tuple[dict[str, float], float, bool]
+
+class ChurnLabel(NamedTuple):
+    """What ``resolve_churn`` delivers per label, ready for ``ChurnBlend.learn``."""
+
+    x: dict[str, float] | list[float]
+    p_onnx: float
+    y: bool
+    #: ``PendingChurn.btyd`` and ``PendingChurn.said``.
+    btyd: list[float] | None = None
+    said: list[float | None] | None = None
 
 
 # -- churn -----------------------------------------------------------------------------------
@@ -73,7 +81,8 @@ ChurnLabel = tuple[dict[str, float], float, bool]
 
 @dataclass(slots=True)
 class PendingChurn:
-    """A churn prediction at event time ``ts`` from features ``x`` and the ONNX probability."""
+    """A churn prediction at event time ``ts`` from features ``x``, the ONNX probability and
+    the BTYD expert's view."""
 
     ts: int
     #: The learner's input, or the compact feature vector the caller derives it from (a list
@@ -82,14 +91,34 @@ class PendingChurn:
     p_onnx: float
     #: An order came within the horizon: the label is known (stayed), delivered at its end.
     ordered: bool = False
+    #: The BTYD expert's ``[P(no order within the horizon), P(alive), expected orders within
+    #: it]`` as predicted then (None: no view, the user had not ordered). Kept rather than
+    #: recomputed at the label, so the blend judges the expert by what it said at the time,
+    #: with the parameters it had then.
+    btyd: list[float] | None = None
+    #: What was published and what each expert of the churn blend said then: ``[published,
+    #: calibrated ONNX, online, calibrated BTYD or None]`` (``ChurnBlend.learn``).
+    said: list[float | None] | None = None
 
     def to_list(self) -> list[Any]:
-        return [self.ts, self.x, self.p_onnx, self.ordered]
+        return [self.ts, self.x, self.p_onnx, self.ordered, self.btyd, self.said]
 
     @classmethod
     def from_list(cls, data: Sequence[Any]) -> PendingChurn:
-        ts, x, p_onnx, *ordered = data
-        return cls(int(ts), _copy(x), float(p_onnx), bool(ordered and ordered[0]))
+        """From ``to_list``'s form; records written before a field existed lack it (3 fields
+        before ``ordered``, 4 before ``btyd``, 5 before ``said``)."""
+        ts, x, p_onnx, *rest = data
+        ordered = bool(rest and rest[0])
+        btyd = rest[1] if len(rest) > 1 else None
+        said = rest[2] if len(rest) > 2 else None
+        return cls(
+            int(ts),
+            _copy(x),
+            float(p_onnx),
+            ordered,
+            None if btyd is None else [float(v) for v in btyd],
+            None if said is None else [None if v is None else float(v) for v in said],
+        )
 
     def __iter__(self) -> Iterator[Any]:  # so ``list(entry)`` is the plain form too
         return iter(self.to_list())
@@ -121,13 +150,22 @@ def add_churn_prediction(
     *,
     every_ms: int = DAY_MS,
     max_pending: int = 40,
+    btyd: Sequence[float] | None = None,
+    said: Sequence[float | None] | None = None,
 ) -> None:
     """Keep the prediction if it is the first in its ``every_ms`` period of event time, in ts
     order, dropping the oldest beyond ``max_pending``. ``pending`` is changed in place (plain
-    ``[ts, x, p_onnx]`` entries become ``PendingChurn``); ``x`` is copied."""
+    ``[ts, x, p_onnx]`` entries become ``PendingChurn``); ``x``, ``btyd`` and ``said`` are
+    copied."""
     if not churn_prediction_wanted(pending, ts, every_ms=every_ms):
         return
-    entry = PendingChurn(int(ts), _copy(x), float(p_onnx))
+    entry = PendingChurn(
+        int(ts),
+        _copy(x),
+        float(p_onnx),
+        btyd=None if btyd is None else [float(v) for v in btyd],
+        said=None if said is None else [None if v is None else float(v) for v in said],
+    )
     at = bisect.bisect_right([e.ts for e in pending], entry.ts)
     pending.insert(at, entry)
     del pending[: max(0, len(pending) - max_pending)]
@@ -153,7 +191,9 @@ def resolve_churn(
         if order_ts is not None and entry.ts < order_ts <= end:
             entry.ordered = True
         if end <= now_ts:
-            labels.append((entry.x, entry.p_onnx, not entry.ordered))
+            labels.append(
+                ChurnLabel(entry.x, entry.p_onnx, not entry.ordered, entry.btyd, entry.said)
+            )
         else:
             keep.append(entry)
     pending[:] = keep

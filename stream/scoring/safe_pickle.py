@@ -314,6 +314,8 @@ _CLASSES: tuple[tuple[str, str], ...] = (
     ("river.utils.rolling", "Rolling"),
     ("stream.models.popularity", "ItemPopularity"),
     ("stream.scoring.cooccurrence", "CoOccurrence"),
+    ("stream.scoring.calibration", "WindowedPlatt"),
+    ("stream.scoring.expert_mixture", "ExpertMixture"),
     ("stream.scoring.offers", "OfferPolicy"),
     ("stream.scoring.online_btyd", "BtydExpert"),
     ("stream.scoring.online_churn", "ChurnBlend"),

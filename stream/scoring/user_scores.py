@@ -37,7 +37,8 @@ class UserScores:
 
     #: Output topic -> the last message published there for this user.
     latest: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: Churn predictions awaiting their label: ``[ts, vector, p_onnx]`` (``pending.PendingChurn``).
+    #: Churn predictions awaiting their label: ``[ts, vector, p_onnx, ordered, btyd, said]``
+    #: (``pending.PendingChurn``).
     churn_pending: list[Any] = field(default_factory=list)
     #: The last interest ranking: ``{"ranked": [...], "candidates": {cat: {feature: v}}}``.
     interest_pending: dict[str, Any] | None = None
@@ -111,15 +112,25 @@ def _decode_scores(data: Any) -> UserScores:
 
 
 def _check_pending_churn(entry: Any) -> None:
-    strict.need_list(entry, "a pending churn prediction", 4)
-    if len(entry) not in (3, 4):
-        raise strict.fail("a pending churn prediction needs 3 or 4 fields")
+    strict.need_list(entry, "a pending churn prediction", 6)
+    if len(entry) < 3:
+        raise strict.fail("a pending churn prediction needs 3 to 6 fields")
     strict.need_int(entry[0], "pending churn ts", 0, strict.MAX_TS)
     vector = strict.need_list(entry[1], "pending churn vector", length=len(FEATURE_NAMES))
     strict.need_nums(vector, "a pending churn feature")
     strict.need_num(entry[2], "pending churn p_onnx", 0.0, 1.0)
-    if len(entry) == 4:
+    if len(entry) >= 4:
         strict.need_bool(entry[3], "pending churn ordered")
+    if len(entry) >= 5 and entry[4] is not None:
+        churn, alive, orders = strict.need_list(entry[4], "pending churn BTYD view", length=3)
+        strict.need_num(churn, "pending churn BTYD churn", 0.0, 1.0)
+        strict.need_num(alive, "pending churn BTYD P(alive)", 0.0, 1.0)
+        strict.need_num(orders, "pending churn BTYD expected orders", 0.0)
+    if len(entry) == 6 and entry[5] is not None:
+        said = strict.need_list(entry[5], "pending churn experts' figures", length=4)
+        strict.need_nums(said[:3], "a pending churn expert's figure", 0.0, 1.0)
+        if said[3] is not None:
+            strict.need_num(said[3], "pending churn BTYD figure", 0.0, 1.0)
 
 
 def _check_features(value: Any, name: str) -> None:

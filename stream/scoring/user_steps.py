@@ -54,12 +54,37 @@ class BtydView:
     #: Over ``ScoringConfig.clv_period_ms``; None in a churn-only score.
     expected_orders: float | None
     clv: float | None
+    #: What the churn blend takes from the expert at the primary horizon
+    #: (``BtydExpert.blend_view``): P(no order), P(alive), expected orders.
+    blend_input: tuple[float, float, float]
 
     def churn_component(self) -> dict[str, Any]:
         return {
             "p_alive": round(self.p_alive, 6),
             "churn": {label: round(p, 6) for label, p in self.churn.items()},
         }
+
+    def horizons(self, p_churn: float, labels: list[str]) -> dict[str, float]:
+        """The published churn probability at each horizon: the expert's, moved in logit by
+        what the blend changed at the primary horizon (``p_churn`` against the expert's own
+        there). One shift for all horizons keeps them in the expert's order (a longer horizon
+        never has the higher churn) and the primary one equal to ``churn_probability``.
+
+        >>> view = BtydView(0.8, {"30d": 0.5, "90d": 0.3}, None, None, (0.5, 0.8, 0.7))
+        >>> {k: round(v, 3) for k, v in view.horizons(0.6, ["30d", "90d"]).items()}
+        {'30d': 0.6, '90d': 0.391}
+        """
+        shift = _logit(p_churn) - _logit(self.blend_input[0])
+        return {label: _sigmoid(_logit(self.churn[label]) + shift) for label in labels}
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-9), 1.0 - 1e-9)
+    return math.log(p / (1.0 - p))
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
 
 
 def horizon_label(ms: int) -> str:
@@ -85,14 +110,14 @@ def reveal(
         (e.ts, e.ts if isinstance(e, Order) else None, _category_of(e)) for e in events
     ] or [(at_ms, None, None)]
     for now, order_ts, category in moments:
-        for vector, p_onnx, y in resolve_churn(
+        for vector, p_onnx, y, btyd, said in resolve_churn(
             scores.churn_pending,
             order_ts=order_ts,
             now_ts=now,
             horizon_ms=config.churn_horizon_ms,
         ):
-            x = churn_inputs(vector, p_onnx)  # type: ignore[arg-type]
-            labels.append(("churn", (x, p_onnx, y)))
+            x = churn_inputs(vector, p_onnx, btyd)  # type: ignore[arg-type]
+            labels.append(("churn", (x, p_onnx, y, None if btyd is None else btyd[0], said)))
         if category is not None:
             label = resolve_interest(scores.interest_pending, category=category, ts=now)
             if label is not None:
@@ -127,8 +152,8 @@ def learn(
 ) -> None:
     for learner, label in labels:
         if learner == "churn":
-            x, p_onnx, y = label
-            if learners.churn.learn(x, p_onnx, y):
+            x, p_onnx, y, p_btyd, said = label
+            if learners.churn.learn(x, p_onnx, y, p_btyd, said):
                 result.drifts.append(("churn", partition))
         elif learner == "interest":
             candidates, ranked, next_category = label
@@ -151,21 +176,24 @@ def score_user(
     versions: dict[str, str],
     result: ScoreResult,
     *,
-    p_churn: float | None = None,
+    said: list[float | None] | None = None,
     btyd: BtydView | None = None,
 ) -> None:
     """The user's messages (into ``result``) from the batch's ``index``-th row, and the
-    predictions they leave pending in ``user.scores`` to be labelled later. ``p_churn`` is
-    the blended churn probability when the batch's was computed at once; else it is
-    predicted here."""
+    predictions they leave pending in ``user.scores`` to be labelled later. ``said`` is the
+    published churn probability and the blend's experts' (``PendingChurn.said``) when the
+    batch's were computed at once; else they are predicted here."""
     scores = user.scores
     vector = prepared.vectors[index]
     p_onnx = float(inferred.churn[index])
-    if p_churn is None:
+    view = btyd.blend_input if btyd is not None else None
+    if said is None:
         blend = learners.churn
-        # The learner's input is a dict per user: built only when the blend reads it.
-        x = churn_inputs(vector, p_onnx) if blend.reads_features else {}
-        p_churn = blend.predict(x, p_onnx)
+        experts = blend.experts(
+            churn_inputs(vector, p_onnx, view), p_onnx, None if view is None else view[0]
+        )
+        said = [blend.combine(p_onnx, *experts), *experts]
+    p_churn = float(said[0])  # type: ignore[arg-type]
     if churn_prediction_wanted(
         scores.churn_pending, user.at_ms, every_ms=config.churn_label_every_ms
     ):
@@ -177,20 +205,26 @@ def score_user(
             p_onnx,
             every_ms=config.churn_label_every_ms,
             max_pending=config.churn_horizon_ms // config.churn_label_every_ms + 1,
+            btyd=None if view is None else [round(v, 6) for v in view],
+            said=[None if v is None else round(v, 6) for v in said],
         )
         if len(scores.churn_pending) > pending_before:
             due = user.at_ms + config.churn_horizon_ms
             result.due.append((user.partition, due, user.user_id))
     online_version = f"river-churn-p{user.partition}-n{learners.churn.labels_seen}"
     head = {"user_id": user.user_id, "ts": user.at_ms, "trigger": user.trigger}
+    _w_calibrated, w_online, w_btyd = learners.churn.shares(btyd is not None)
     churn_msg = {
         **head,
         "churn_probability": round(p_churn, 6),
         "horizon_days": config.churn_horizon_ms / DAY_MS,
+        "p_alive": round(btyd.p_alive, 6) if btyd is not None else None,
+        "horizons": _horizons(config, p_churn, btyd),
         "components": {
             "onnx": round(p_onnx, 6),
-            "weight_online": round(learners.churn.weight_online, 4),
-            # The partition's BTYD expert (not blended in yet); null before a first order.
+            "weight_online": round(w_online, 4),
+            "weight_btyd": round(w_btyd, 4),
+            # The partition's BTYD expert as it is; null before a first order.
             "btyd": btyd.churn_component() if btyd is not None else None,
         },
         "models": {"onnx": versions["churn"], "online": online_version},
@@ -249,6 +283,19 @@ def score_user(
     }
     _offer(config, user, learners, p_churn, spend, vector, {**head, "models": offer_models}, result)
     _learn_cooccurrence(config, user, learners)
+
+
+def _horizons(config: ScoringConfig, p_churn: float, btyd: BtydView | None) -> dict[str, Any]:
+    """Churn per configured horizon: the primary one is ``churn_probability``; the others need
+    the BTYD expert (``BtydView.horizons``), and are null for a user it has no view of."""
+    labels = [horizon_label(ms) for ms in config.churn_horizons_ms]
+    primary = horizon_label(config.churn_horizon_ms)
+    shifted = btyd.horizons(p_churn, labels) if btyd is not None else {}
+    out: dict[str, float | None] = {}
+    for label in labels:
+        p = p_churn if label == primary else shifted.get(label)
+        out[label] = None if p is None else round(p, 6)
+    return out
 
 
 def _rounded(value: float | None, digits: int) -> float | None:

@@ -102,7 +102,7 @@ def test_a_forged_pending_label_costs_only_its_user(models) -> None:
     _assert_others_scored(result, good, "poisoned")
     # Nothing of the batch reached the poisoned user's state.
     assert forged.latest == {} and [list(e) for e in forged.churn_pending] == [
-        [*_due_label(2), False]
+        [*_due_label(2), False, None, None]
     ]
     assert forged.interest_pending is None and forged.offer_pending is None
     assert learners.churn.labels_seen == 0

@@ -588,7 +588,7 @@ FORGERIES = {
         f.churn._adwin, "_helper", f.tiers._quantiles[0]._quantile
     ),
     "an estimator where another belongs": lambda f: f.churn._model.steps.__setitem__(
-        "LogisticRegression", f.churn._platt.optimizer
+        "LogisticRegression", f.churn._model.steps["LogisticRegression"].optimizer
     ),
     "a pipeline cache pointing elsewhere": lambda f: setattr(
         f.churn._model, "_last_step_cached", f.interest._model

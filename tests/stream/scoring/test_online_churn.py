@@ -82,7 +82,7 @@ def _drifted(advantage: float | None = None) -> ChurnBlend:
     for x, p, y in _stream(600, 5, change_at=200):
         model.learn(x, p, y)
     if advantage is not None:
-        model._advantage = advantage  # the calibrated ONNX expert wins outright
+        model._mixture.advantage = advantage  # the calibrated ONNX expert wins outright
     return model
 
 

@@ -56,9 +56,10 @@ def _drive(events):
     pending_interest = None
     for n, (kind, ts, category) in enumerate(events):
         order_ts = ts if kind == "order" else None
-        for x, p_onnx, y in resolve_churn(
+        for x, p_onnx, y, btyd, said in resolve_churn(
             pending_churn, order_ts=order_ts, now_ts=ts, horizon_ms=HORIZON
         ):
+            assert btyd is None and said is None
             churn.learn(x, p_onnx, y)
         if kind == "clock":
             continue
@@ -126,7 +127,7 @@ def test_resolution_boundaries():
     def labels(order_ts, now_ts):
         pending = [PendingChurn(10, {}, 0.5)]
         out = resolve_churn(pending, order_ts=order_ts, now_ts=now_ts, horizon_ms=100)
-        return [y for _x, _p, y in out], len(pending)
+        return [label.y for label in out], len(pending)
 
     assert labels(10, 10) == ([], 1)  # an order at the prediction's time came before it
     assert labels(11, 11) == ([], 1)  # settled as "stayed", delivered at the horizon's end
@@ -137,13 +138,29 @@ def test_resolution_boundaries():
     pending = [PendingChurn(10, {}, 0.5)]
     assert resolve_churn(pending, order_ts=50, now_ts=50, horizon_ms=100) == []
     assert pending[0].ordered
-    assert resolve_churn(pending, order_ts=None, now_ts=110, horizon_ms=100) == [({}, 0.5, False)]
+    assert resolve_churn(pending, order_ts=None, now_ts=110, horizon_ms=100) == [({}, 0.5, False, None, None)]
 
 
 def test_plain_list_entries_and_round_trip():
-    pending = [[0, {"a": 1.0}, 0.3], PendingChurn(DAY, {"a": 2.0}, 0.4)]
-    add_churn_prediction(pending, 2 * DAY, {"a": 3.0}, 0.5)
+    """Entries of every age: 3 fields (before ``ordered``), 4 (before ``btyd``), and 5."""
+    pending = [
+        [0, {"a": 1.0}, 0.3],
+        [DAY, {"a": 2.0}, 0.4, True],
+        PendingChurn(2 * DAY, {"a": 2.0}, 0.4, btyd=[0.7, 0.5, 0.25]),
+    ]
+    said = (0.6, 0.55, 0.7, None)
+    add_churn_prediction(pending, 3 * DAY, {"a": 3.0}, 0.5, btyd=(0.6, 0.9, 0.5), said=said)
     assert all(isinstance(p, PendingChurn) for p in pending)
+    assert pending[-1].said == [0.6, 0.55, 0.7, None]
+    assert [(p.ordered, p.btyd) for p in pending] == [
+        (False, None),
+        (True, None),
+        (False, [0.7, 0.5, 0.25]),
+        (False, [0.6, 0.9, 0.5]),
+    ]
+    labels = resolve_churn(pending[:], order_ts=None, now_ts=9 * DAY, horizon_ms=DAY)
+    assert [label.btyd for label in labels] == [None, None, [0.7, 0.5, 0.25], [0.6, 0.9, 0.5]]
+    assert [label.said for label in labels] == [None, None, None, [0.6, 0.55, 0.7, None]]
     raw = orjson.dumps([list(p) for p in pending])
     again = [PendingChurn.from_list(p) for p in orjson.loads(raw)]
     assert again == pending
@@ -164,14 +181,14 @@ def test_online_labels_equal_hindsight_labels(steps, horizon):
     pending: list = []
     got: dict[int, bool] = {}
     for t in times:
-        for x, _p, y in resolve_churn(
+        for x, _p, y, *_rest in resolve_churn(
             pending, order_ts=t if is_order[t] else None, now_ts=t, horizon_ms=horizon
         ):
             assert int(x["ts"]) not in got
             got[int(x["ts"])] = y
         add_churn_prediction(pending, t, {"ts": float(t)}, 0.5, every_ms=1, max_pending=10**6)
     end = (times[-1] if times else 0) + horizon
-    for x, _p, y in resolve_churn(pending, order_ts=None, now_ts=end, horizon_ms=horizon):
+    for x, _p, y, *_rest in resolve_churn(pending, order_ts=None, now_ts=end, horizon_ms=horizon):
         got[int(x["ts"])] = y
     assert pending == []
     assert got == {t: not any(t < o <= t + horizon for o in orders) for t in times}
