@@ -169,9 +169,11 @@ def _binary(y: list[bool], p: list[float]) -> dict[str, Any]:
 
 
 def _churn(truth: LogTruth, messages: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """The published blend and ONNX at the primary horizon; the BTYD expert at each of its."""
-    ys, blended, onnx = [], [], []
+    """The published blend, ONNX and the online stacker at the primary horizon; the BTYD
+    expert and the published figures at each of theirs."""
+    ys, blended, onnx, online = [], [], [], []
     btyd: dict[str, tuple[list[bool], list[float]]] = {}
+    horizons: dict[str, tuple[list[bool], list[float]]] = {}
     with_btyd = 0
     for value in messages:
         components = value.get("components", {})
@@ -181,13 +183,18 @@ def _churn(truth: LogTruth, messages: Iterable[dict[str, Any]]) -> dict[str, Any
             ys.append(y)
             blended.append(value["churn_probability"])
             onnx.append(components.get("onnx", value["churn_probability"]))
+            online.append(components.get("online", value["churn_probability"]))
             with_btyd += components.get("btyd") is not None
-        for label, p in ((components.get("btyd") or {}).get("churn") or {}).items():
-            y_h = truth.churned(value["user_id"], value["ts"], parse_duration_ms(label))
-            if y_h is not None:
-                rows = btyd.setdefault(label, ([], []))
-                rows[0].append(y_h)
-                rows[1].append(p)
+        for into, figures in (
+            (btyd, (components.get("btyd") or {}).get("churn") or {}),
+            (horizons, value.get("horizons") or {}),
+        ):
+            for label, p in figures.items():
+                y_h = truth.churned(value["user_id"], value["ts"], parse_duration_ms(label))
+                if y_h is not None and p is not None:
+                    rows = into.setdefault(label, ([], []))
+                    rows[0].append(y_h)
+                    rows[1].append(p)
     y_arr = np.array(ys, bool)
     return {
         "judged": len(ys),
@@ -196,9 +203,16 @@ def _churn(truth: LogTruth, messages: Iterable[dict[str, Any]]) -> dict[str, Any
         "auc_onnx_alone": roc_auc(y_arr, np.array(onnx)) if ys else None,
         "published": _binary(ys, blended),
         "onnx": _binary(ys, onnx),
+        "online": _binary(ys, online),
         "btyd_coverage": with_btyd / len(ys) if ys else None,
-        "btyd": {label: _binary(*rows) for label, rows in sorted(btyd.items(), key=_by_horizon)},
+        "btyd": _per_horizon(btyd),
+        # The published figure at every horizon (null where it was null: no BTYD view).
+        "horizons": _per_horizon(horizons),
     }
+
+
+def _per_horizon(rows: dict[str, tuple[list[bool], list[float]]]) -> dict[str, Any]:
+    return {label: _binary(*pair) for label, pair in sorted(rows.items(), key=_by_horizon)}
 
 
 def _by_horizon(item: tuple[str, Any]) -> int:

@@ -9,8 +9,8 @@ the scores published right after it were 0.11 too high on average. The maximum-l
 over the last ``window`` labels does not depend on their order within the window, so a burst
 counts for what it holds, no more.
 
-The fit is Newton's method on the two parameters (a 2x2 system), warm-started and run every
-``refit_every`` labels, with a Gaussian prior centred on the starting parameters: before any
+The fit is Newton's method on the two parameters (a 2x2 system, with step halving),
+warm-started and run every ``refit_every`` labels, with a Gaussian prior centred on the starting parameters: before any
 label the calibration is the start (the identity, say), and a handful of labels moves it
 only as far as they can tell.
 """
@@ -28,7 +28,7 @@ __all__ = ["WindowedPlatt"]
 
 #: One label in the checkpoint: the logit it was predicted with and the outcome (0 or 1).
 _LABEL = struct.Struct("<dd")
-_NEWTON_STEPS = 8
+_NEWTON_STEPS = 12
 _LOGIT_BOUND = 30.0
 
 
@@ -100,16 +100,34 @@ class WindowedPlatt:
         # The prior: precision prior_labels * 0.25 on each parameter (a label's at p = 0.5).
         precision = 0.25 * self.prior_labels
         centre = np.array(self.start)
+
+        def loss(theta: np.ndarray) -> float:
+            z = theta[0] * x + theta[1]
+            # -log-likelihood: log(1 + e^z) - y z, stably
+            nll = np.logaddexp(0.0, z) - y * z
+            return float(nll.sum() + 0.5 * precision * ((theta - centre) ** 2).sum())
+
         theta = np.array([self.slope, self.intercept])
+        current = loss(theta)
         for _ in range(_NEWTON_STEPS):
             p = 0.5 * (1.0 + np.tanh(0.5 * (theta[0] * x + theta[1])))
             w = p * (1.0 - p)
             residual = p - y
             gradient = np.array([residual @ x, residual.sum()]) + precision * (theta - centre)
             hessian = np.array([[w @ (x * x), w @ x], [w @ x, w.sum()]])
-            hessian += precision * np.eye(2) + 1e-9 * np.eye(2)
+            hessian += (precision + 1e-9) * np.eye(2)
             step = np.linalg.solve(hessian, gradient)
-            theta = theta - step
+            # Newton's step, halved until the objective falls: far from the optimum (the
+            # window's outcomes turned since the last fit) a full step can overshoot.
+            for _halving in range(30):
+                trial = theta - step
+                value = loss(trial)
+                if value <= current:
+                    break
+                step = step / 2.0
+            else:
+                break
+            theta, current = trial, value
             if float(np.abs(step).max()) < 1e-8:
                 break
         if np.all(np.isfinite(theta)):

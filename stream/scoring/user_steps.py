@@ -222,6 +222,8 @@ def score_user(
         "horizons": _horizons(config, p_churn, btyd),
         "components": {
             "onnx": round(p_onnx, 6),
+            # What the online stacker said (whatever its weight), for judging each expert.
+            "online": round(float(said[2]), 6),  # type: ignore[arg-type]
             "weight_online": round(w_online, 4),
             "weight_btyd": round(w_btyd, 4),
             # The partition's BTYD expert as it is; null before a first order.

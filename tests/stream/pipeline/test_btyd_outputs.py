@@ -49,6 +49,22 @@ def test_customers_get_the_btyd_figures_and_visitors_none(models) -> None:
             assert problems(topic, message) == []
     assert churn[visitor]["components"]["btyd"] is None
     assert power[visitor]["expected_orders"] is None and power[visitor]["clv"] is None
+    # A visitor's published churn is known at the primary horizon only; a customer's at all.
+    assert churn[visitor]["p_alive"] is None
+    assert churn[visitor]["horizons"] == {
+        "30d": churn[visitor]["churn_probability"],
+        "90d": None,
+        "180d": None,
+    }
+    for user in (buyer, steady):
+        message = churn[user]
+        assert message["p_alive"] == message["components"]["btyd"]["p_alive"]
+        assert message["horizons"]["30d"] == message["churn_probability"]
+        assert (
+            message["horizons"]["180d"] <= message["horizons"]["90d"] <= message["horizons"]["30d"]
+        )
+        assert 0 <= message["components"]["online"] <= 1
+        assert message["components"]["weight_btyd"] == 0.0  # no labels yet: ONNX as it is
     for user in (buyer, steady):
         btyd = churn[user]["components"]["btyd"]
         assert set(btyd["churn"]) == {"30d", "90d", "180d"}
@@ -79,3 +95,26 @@ def test_an_idle_customers_btyd_churn_rises_at_a_clock_tick(models) -> None:
     p_before, p_after = before[buyer]["components"]["btyd"], after[buyer]["components"]["btyd"]
     assert p_after["p_alive"] < p_before["p_alive"]
     assert p_after["churn"]["30d"] > p_before["churn"]["30d"]
+
+
+def test_an_idle_customers_published_churn_follows_the_btyd_expert(models) -> None:
+    """Once the blend trusts the BTYD expert with its customers, an idle customer's published
+    churn rises at a clock tick the way the expert says, at every horizon."""
+    feed, clock, stores = Feed(), Clock(), Stores.in_memory()
+    pipeline = make(models, stores, clock)
+    buyer = user_on(1)
+    run(pipeline, [feed.order(buyer, NOW - 100 * DAY, "o1")])
+    blend = pipeline.learners.of(1).churn
+    blend._labels = blend.min_labels  # as after a shop's first labels, where BTYD did best
+    blend._mixture.btyd_advantage = 40.0
+    before = _messages(run(pipeline, [feed.order(buyer, NOW - 90 * DAY, "o2")]), "scores.churn")
+    after = _messages(run(pipeline, [feed.tick(p, NOW) for p in range(4)]), "scores.churn")
+    b, a = before[buyer], after[buyer]
+    assert a["trigger"] == "clock" and a["components"]["weight_btyd"] > 0.99
+    assert a["p_alive"] < b["p_alive"]
+    assert a["churn_probability"] > b["churn_probability"]
+    assert all(a["horizons"][h] > b["horizons"][h] for h in ("30d", "90d", "180d"))
+    # The published figure is the expert's (its calibration is still the identity).
+    btyd = a["components"]["btyd"]["churn"]["30d"]
+    assert a["churn_probability"] == pytest.approx(btyd, abs=0.01)
+    assert problems("scores.churn", a) == []

@@ -235,3 +235,103 @@ def test_rejects_bad_config():
         ChurnBlend(drift_weight=1.0)
     with pytest.raises(ValueError):
         ChurnBlend(window=0)
+
+
+# -- the BTYD expert ---------------------------------------------------------------------------
+
+
+def _shop(n: int, seed: int):
+    """Customers (half the users) churn as their BTYD probability says; visitors as ONNX says.
+    ONNX knows nothing of customers (0.5 for all of them)."""
+    rng = random.Random(seed)
+    for _ in range(n):
+        f1 = rng.gauss(0, 1)
+        if rng.random() < 0.5:
+            p_btyd = _sigmoid(rng.gauss(0, 2))
+            yield {"f1": f1}, 0.5, rng.random() < p_btyd, p_btyd
+        else:
+            p_onnx = _sigmoid(2 * f1)
+            yield {"f1": f1}, p_onnx, rng.random() < p_onnx, None
+
+
+def _on_shop(n: int = 4000, seed: int = 1) -> ChurnBlend:
+    model = ChurnBlend(min_labels=100)
+    for x, p, y, p_btyd in _shop(n, seed):
+        model.learn(x, p, y, p_btyd)
+    return model
+
+
+def test_the_btyd_expert_earns_the_customers_weight_and_only_theirs():
+    model = _on_shop()
+    _w_cal, _w_online, w_btyd = model.shares(True)
+    assert w_btyd > 0.9
+    assert model.shares(False)[2] == 0.0
+    # Customers are ranked by the expert, visitors as before.
+    assert model.predict({"f1": 0.0}, 0.5, 0.9) > model.predict({"f1": 0.0}, 0.5, 0.2) + 0.5
+    assert model.predict({"f1": 1.0}, 0.8) > model.predict({"f1": -1.0}, 0.2)
+
+
+def test_visitors_labels_leave_the_customers_mixture_alone():
+    model = _on_shop()
+    before = model.shares(True)
+    for x, p, y, _p_btyd in _shop(3000, 2):
+        model.learn(x, p, y)  # every label a visitor's (no BTYD view)
+    assert model.shares(True) == before
+
+
+def test_the_mixture_judges_what_the_experts_said_then():
+    """A label is judged on the figures kept with its prediction, not on what the experts
+    (which may have learned the label's burst since) would say now."""
+    said_online_right, judged_now = ChurnBlend(min_labels=0), ChurnBlend(min_labels=0)
+    for _ in range(50):
+        said_online_right.learn({"f1": 0.0}, 0.5, True, said=[0.5, 0.5, 0.95, None])
+        judged_now.learn({"f1": 0.0}, 0.5, True)
+    assert said_online_right.weight_online > 0.99
+    assert said_online_right.metrics()["log_loss_blend"] == pytest.approx(-math.log(0.5))
+    assert judged_now.weight_online < said_online_right.weight_online
+
+
+@pytest.mark.parametrize("trained", [False, True], ids=["before-min-labels", "trained"])
+def test_predict_matrix_with_the_btyd_expert_equals_predict_per_row(trained):
+    model = _on_shop() if trained else ChurnBlend()
+    rng = random.Random(3)
+    columns = ["f1"]
+    rows = [[rng.gauss(0, 1)] for _ in range(40)]
+    ps = [rng.uniform(0.01, 0.99) for _ in rows]
+    btyd = [rng.uniform(0.01, 0.99) if i % 3 else None for i in range(len(rows))]
+    expected = [
+        model.predict({"f1": r[0]}, p, b) for r, p, b in zip(rows, ps, btyd, strict=True)
+    ]
+    as_array = np.array([np.nan if b is None else b for b in btyd])
+    got = model.predict_matrix(np.array(rows), columns, np.array(ps), as_array)
+    assert np.allclose(got, expected, rtol=0, atol=1e-12)
+    experts = model.experts_matrix(np.array(rows), columns, np.array(ps), as_array)
+    for row, r, p, b in zip(experts, rows, ps, btyd, strict=True):
+        calibrated, online, expert = model.experts({"f1": r[0]}, p, b)
+        assert row[:2] == pytest.approx([calibrated, online], abs=1e-12)
+        assert (expert is None) == math.isnan(row[2])
+
+
+def test_a_blend_from_before_the_btyd_expert_loads_and_keeps_its_record():
+    """A checkpoint's blend of the shape before this expert: the stacker's advantage in
+    ``_advantage``, ONNX calibrated by a River regression, no BTYD expert."""
+    from river import linear_model, optim
+
+    model = _trained()
+    state = dict(model.__dict__)
+    del state["_mixture"], state["_btyd"]
+    state["_advantage"], state["_gamma"] = 3.0, 0.99
+    old_platt = linear_model.LogisticRegression(optimizer=optim.SGD(0.05), intercept_lr=0.05)
+    for _x, p, y in _stream(300, 8):
+        old_platt.learn_one({ONNX_LOGIT: math.log(p / (1 - p))}, y)
+    state["_platt"] = old_platt
+    loaded = ChurnBlend.__new__(ChurnBlend)
+    loaded.__setstate__(state)
+    assert loaded._mixture.advantage == 3.0 and loaded.weight_online == pytest.approx(
+        _sigmoid(3.0)
+    )
+    assert loaded._p_calibrated(0.3) == pytest.approx(
+        old_platt.predict_proba_one({ONNX_LOGIT: math.log(0.3 / 0.7)})[True], abs=1e-9
+    )
+    assert loaded.shares(True)[2] > 0  # the new expert starts level with calibrated ONNX
+    loaded.learn({"f1": 0.0}, 0.5, True, 0.8)
