@@ -243,6 +243,7 @@ class ScoringStep:
                 if value == value:
                     counts.online["interest", name] = value
             counts.online["churn", "weight_online"] = learners.churn.weight_online
+            counts.online["churn", "weight_btyd"] = learners.churn.shares(True)[2]
 
 
 def _score_is_older(scores: UserScores, now_ms: int, age_ms: int) -> bool:

@@ -256,7 +256,7 @@ class Metrics:
             "shopscore_online_metric",
             "Rolling quality of a model measured on labels the stream revealed later, per model "
             "and metric (churn: roc_auc_blend, roc_auc_onnx, log_loss_blend, log_loss_onnx, "
-            "weight_online; interest: hit_rate_at_k).",
+            "weight_online, weight_btyd; interest: hit_rate_at_k).",
             ["model", "metric"],
             registry=r,
         )
