@@ -19,10 +19,12 @@ from stream import strict
 from stream.features.schema import FEATURE_NAMES
 from stream.models.popularity import ItemPopularity
 from stream.scoring import safe_pickle
+from stream.scoring.calibration import WindowedPlatt
 from stream.scoring.cooccurrence import CoOccurrence
 from stream.scoring.online_btyd import BtydExpert
 
 if TYPE_CHECKING:
+    from stream.scoring.online_churn import ChurnBlend
     from stream.scoring.state import Learners
 
 __all__ = ["check_learners"]
@@ -46,6 +48,7 @@ def check_learners(learners: Learners, reference: Learners) -> None:
     _check_cooccurrence(learners.cooccurrence, reference.cooccurrence)
     _check_popularity(learners.popularity, reference.popularity)
     _check_btyd(learners.btyd, reference.btyd)
+    _check_churn_blend(learners.churn)
     _probe(learners)
 
 
@@ -260,6 +263,29 @@ def _check_btyd(expert: BtydExpert, ref: BtydExpert) -> None:
         strict.need_num(spend, "BTYD spend", 0.0)
 
 
+def _check_churn_blend(churn: ChurnBlend) -> None:
+    """The mixture's advantages and the calibrations' parameters are finite numbers (a NaN
+    conforms to a float's shape, and would publish NaN churn), and the calibration windows
+    hold what their bounds allow (their ``__setstate__`` checked each label)."""
+    mixture = churn._mixture
+    strict.need_num(mixture.eta, "churn mixture eta", 1e-9)
+    strict.need_num(mixture.gamma, "churn mixture gamma", 0.0, 1.0)
+    strict.need_num(mixture.drift_weight, "churn mixture drift weight", 1e-9, 1.0 - 1e-9)
+    for name in ("advantage", "customer_advantage", "btyd_advantage"):
+        strict.need_num(getattr(mixture, name), f"churn mixture {name}")
+    for name in ("_platt", "_btyd"):
+        platt: WindowedPlatt = getattr(churn, name)
+        strict.need_int(platt.window, f"churn {name} window", 2, 10**6)
+        strict.need_int(platt.refit_every, f"churn {name} refit period", 1, 10**9)
+        strict.need_int(platt.seen, f"churn {name} labels seen", 0)
+        strict.need_int(platt._since_fit, f"churn {name} labels since fit", 0)
+        strict.need_num(platt.prior_labels, f"churn {name} prior", 0.0)
+        for value in (platt.slope, platt.intercept, *platt.start):
+            strict.need_num(value, f"churn {name} parameter", -1e6, 1e6)
+        if type(platt.start) is not tuple or len(platt.start) != 2:
+            raise strict.fail(f"churn {name}: a start of two parameters")
+
+
 def _check_popularity(pop: ItemPopularity, ref: ItemPopularity) -> None:
     _check_params(pop, ref, ("half_life_ms",))
     t0 = strict.opt_int(pop._t0, "popularity t0")
@@ -290,7 +316,11 @@ def _probe(learners: Learners) -> None:
         churn = copy.deepcopy(learners.churn)
         x = {"probe": 0.5}
         churn.predict(x, 0.5)
+        churn.predict(x, 0.5, 0.5)
         churn.learn(x, 0.5, True)
+        churn.learn(x, 0.5, False, 0.5, [0.5, 0.5, 0.5, 0.5])
+        churn._platt.refit()
+        churn._btyd.refit()
         churn.metrics()
         interest = copy.deepcopy(learners.interest)
         features = {"onnx_p": 0.5, "affinity_share": 0.5, "recent_share": 0.0, "is_last": 0.0}

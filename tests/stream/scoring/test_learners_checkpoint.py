@@ -618,6 +618,12 @@ FORGERIES = {
     "BTYD parameters that are not positive": lambda f: setattr(
         f.btyd, "_bgnbd", (0.5, 30.0, -0.8, 3.2)
     ),
+    "a churn mixture advantage that is not a number": lambda f: setattr(
+        f.churn._mixture, "btyd_advantage", float("nan")
+    ),
+    "a calibration slope out of bounds": lambda f: setattr(f.churn._platt, "slope", 1e300),
+    "a calibration refitted never": lambda f: setattr(f.churn._btyd, "refit_every", 0),
+    "a calibration's start cut short": lambda f: setattr(f.churn._btyd, "start", (1.0,)),
     # Well-typed all the way down, and still broken: caught by exercising a copy.
     "a regression indexing outside its arrays": lambda f: f.offers._bandit._bayes_lin_regs[
         "none"
@@ -639,6 +645,31 @@ def test_a_checkpoint_from_before_the_btyd_expert_reads_with_a_fresh_one(trained
     learners = Learners.from_bytes(HEADER + pickle.dumps((2, older.__dict__), protocol=5))
     assert learners.churn.labels_seen == trained.churn.labels_seen
     assert len(learners.btyd) == 0 and learners.btyd.fits == 0
+
+
+def test_a_checkpoint_from_before_the_churn_mixture_reads(trained) -> None:
+    """The churn blend of a checkpoint written before the BTYD expert: its stacker's advantage
+    in ``_advantage``, ONNX calibrated by a River regression. It reads, keeps both, and gets
+    the BTYD expert fresh."""
+    from river import linear_model, optim
+
+    older = pickle.loads(pickle.dumps(trained))
+    churn = older.churn.__dict__
+    del churn["_mixture"], churn["_btyd"]
+    churn["_advantage"], churn["_gamma"] = 2.5, 2.0 ** (-1 / 250)
+    platt = linear_model.LogisticRegression(optimizer=optim.SGD(0.05), intercept_lr=0.05)
+    platt.learn_one({"onnx_logit": 1.0}, True)
+    churn["_platt"] = platt
+    del older.btyd
+    learners = Learners.from_bytes(HEADER + pickle.dumps((2, older.__dict__), protocol=5))
+    blend = learners.churn
+    assert blend._mixture.advantage == 2.5 and "_advantage" not in vars(blend)
+    assert (blend._platt.slope, blend._platt.intercept) == (
+        platt.weights["onnx_logit"],
+        platt.intercept,
+    )
+    assert blend._btyd.seen == 0 and blend._mixture.btyd_advantage == 0.0
+    assert blend.predict({}, 0.3, 0.4) == blend.predict({}, 0.3, 0.4)
 
 
 def test_the_decoder_bounds_its_input() -> None:
