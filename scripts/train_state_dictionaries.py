@@ -1,6 +1,6 @@
 """Train the zstd dictionaries that compress per-user changelog records (``stream.packing``).
 
-    .venv/bin/python scripts/train_state_dictionaries.py [--users 4000] [--days 30]
+    .venv/bin/python scripts/train_state_dictionaries.py [--users 4000] [--days 30] [--only scores]
 
 Replays generated traffic (two seeds the benchmark does not use) through the worker's pipeline
 in-process, with the shipped models, and trains one dictionary on the users' feature states
@@ -71,6 +71,12 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=4_000)
     parser.add_argument("--days", type=float, default=30)
     parser.add_argument("--out", type=Path, default=Path("stream/dictionaries"))
+    parser.add_argument(
+        "--only",
+        choices=("users", "scores"),
+        help="train one dictionary (the other's id still names the shipped file: rewriting it "
+        "under the same id would make its old records unreadable)",
+    )
     args = parser.parse_args()
     users: list[bytes] = []
     scores: list[bytes] = []
@@ -81,10 +87,12 @@ def main() -> None:
     random.Random(7).shuffle(users)
     random.Random(7).shuffle(scores)
     args.out.mkdir(parents=True, exist_ok=True)
-    for dict_id, samples in (
-        (packing.USERS_DICTIONARY, users),
-        (packing.SCORES_DICTIONARY, scores),
+    for name, dict_id, samples in (
+        ("users", packing.USERS_DICTIONARY, users),
+        ("scores", packing.SCORES_DICTIONARY, scores),
     ):
+        if args.only not in (None, name):
+            continue
         trained = zstandard.train_dictionary(DICTIONARY_BYTES, samples, dict_id=dict_id)
         path = args.out / packing.DICTIONARIES[dict_id]
         path.write_bytes(trained.as_bytes())

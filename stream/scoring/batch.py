@@ -116,18 +116,22 @@ class Prepared:
     carts: list[tuple[int, Cart]] = field(default_factory=list)
     #: Users left out of ``users`` because preparing (or inferring) them raised.
     failed: list[ScoreFailure] = field(default_factory=list)
-    #: ``vectors`` rounded to 4 decimals as a pending prediction stores them (``stored``).
-    _stored: list[list[float]] | None = field(default=None, repr=False, compare=False)
+    #: Rows of ``vectors`` as a pending prediction stores them (``stored``), made on demand.
+    _stored: dict[int, list[float]] = field(default_factory=dict, repr=False, compare=False)
     _churn_inputs: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def stored(self, index: int) -> list[float]:
-        """Row ``index`` as a pending churn prediction keeps it: 4 decimals are plenty for a
-        label's learner input and keep the changelog small. Rounded for the whole batch at
-        once (numpy's rounding, not ``round``'s: it may differ in the last bit)."""
-        if self._stored is None:
-            matrix = np.asarray(self.vectors, dtype=np.float64)
-            self._stored = np.round(matrix, 4).tolist() if len(self.vectors) else []
-        return self._stored[index]
+        """Row ``index`` as a pending churn prediction keeps it: 3 significant digits. The
+        label's learner reads its features on a log scale, where that is an error below
+        0.0005, and it keeps the changelog small (a user holds up to a dozen of these rows).
+
+        >>> Prepared([], True, {}, np.zeros((1, 3)), [[1234.5678, 0.000123456, 3.0]]).stored(0)
+        [1230.0, 0.000123, 3.0]
+        """
+        row = self._stored.get(index)
+        if row is None:
+            row = self._stored[index] = [float(f"{v:.3g}") for v in self.vectors[index]]
+        return row
 
     def churn_inputs(self) -> np.ndarray:
         """The online churn learner's inputs of every row (``churn_input_matrix``), built

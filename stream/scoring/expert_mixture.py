@@ -16,10 +16,10 @@ calibrated ONNX model; a customer gets ``softmax(0, eta * A_c, eta * B)``. Custo
 mixture of their own, fed only the labels the BTYD expert took part in, so a shop of visitors
 neither drowns nor fades the record of the experts on its customers.
 
-The losses are those of what each expert said when the prediction was made
-(``ChurnBlend.learn``'s ``said``), and the half-life is long (2,000 labels by default):
-labels come in bursts of one outcome (the idle users whose horizon ended all at once), and a
-mixture with a short memory follows whichever expert did best on the last burst.
+The stacker's loss is that of what it said when the prediction was made (``ChurnBlend.learn``'s
+``said``), and the half-life is long (2,000 labels by default): labels come in bursts of one
+outcome (the idle users whose horizon ended all at once), and a mixture with a short memory
+follows whichever expert did best on the last burst.
 """
 
 from __future__ import annotations

@@ -318,7 +318,7 @@ def _probe(learners: Learners) -> None:
         churn.predict(x, 0.5)
         churn.predict(x, 0.5, 0.5)
         churn.learn(x, 0.5, True)
-        churn.learn(x, 0.5, False, 0.5, [0.5, 0.5, 0.5, 0.5])
+        churn.learn(x, 0.5, False, 0.5, [0.5, 0.5])
         churn._platt.refit()
         churn._btyd.refit()
         churn.metrics()

@@ -315,28 +315,29 @@ class ChurnBlend(BatchPredictions, base.Base):
         p_onnx: float,
         y: bool,
         p_btyd: float | None = None,
-        said: Sequence[float | None] | None = None,
+        said: Sequence[float] | None = None,
     ) -> bool:
         """Learn one delayed label (``y=True``: the user churned) for a past prediction made
         from ``x``, ``p_onnx`` and ``p_btyd`` (as in ``predict``). ``said`` is what was
-        published then and what each expert said: ``(published, *experts(...))``. The
-        mixture and the metrics judge those, not what the experts would say now: labels
-        arrive in bursts of one outcome (the idle users' whose horizon ended), and an expert
-        that has just learned the burst's first labels would look better on its next ones
-        than it was when it spoke. Without ``said`` (a prediction kept before it was) the
-        experts' present figures stand in. Returns True when a drift (degradation) was
+        published then and what the online stacker said: ``(published, stacker)``. The
+        metrics judge the one, the mixture the other, not what the stacker would say now:
+        labels arrive in bursts of one outcome (the idle users' whose horizon ended), and a
+        stacker that has just learned the burst's first labels would look better on its next
+        ones than it was when it spoke. The calibrations, fitted to a window of thousands of
+        labels, barely move within a horizon: their present figures stand in for theirs then
+        (and keep the changelog small). Without ``said`` (a prediction kept before it was)
+        the present figures stand in for all. Returns True when a drift (degradation) was
         detected."""
         y = bool(y)
         p_onnx = float(p_onnx)
         features = self._features(x, p_onnx)
+        p_calibrated = self._p_calibrated(p_onnx)
+        p_expert = None if p_btyd is None else self._p_btyd(p_btyd)
         if said is None:
-            p_calibrated = self._p_calibrated(p_onnx)
             p_online = self._p_online(features)
-            p_expert = None if p_btyd is None else self._p_btyd(p_btyd)
             p_blend = self.combine(p_onnx, p_calibrated, p_online, p_expert)
         else:
-            p_blend, p_calibrated, p_online = (float(v or 0.0) for v in said[:3])
-            p_expert = None if said[3] is None else float(said[3])
+            p_blend, p_online = float(said[0]), float(said[1])
 
         self._auc_blend.update(y, p_blend)
         self._auc_onnx.update(y, p_onnx)

@@ -73,7 +73,7 @@ class ChurnLabel(NamedTuple):
     y: bool
     #: ``PendingChurn.btyd`` and ``PendingChurn.said``.
     btyd: list[float] | None = None
-    said: list[float | None] | None = None
+    said: list[float] | None = None
 
 
 # -- churn -----------------------------------------------------------------------------------
@@ -96,9 +96,9 @@ class PendingChurn:
     #: recomputed at the label, so the blend judges the expert by what it said at the time,
     #: with the parameters it had then.
     btyd: list[float] | None = None
-    #: What was published and what each expert of the churn blend said then: ``[published,
-    #: calibrated ONNX, online, calibrated BTYD or None]`` (``ChurnBlend.learn``).
-    said: list[float | None] | None = None
+    #: What was published then and what the churn blend's online stacker said: ``[published,
+    #: stacker]`` (``ChurnBlend.learn``).
+    said: list[float] | None = None
 
     def to_list(self) -> list[Any]:
         return [self.ts, self.x, self.p_onnx, self.ordered, self.btyd, self.said]
@@ -117,7 +117,7 @@ class PendingChurn:
             float(p_onnx),
             ordered,
             None if btyd is None else [float(v) for v in btyd],
-            None if said is None else [None if v is None else float(v) for v in said],
+            None if said is None else [float(v) for v in said],
         )
 
     def __iter__(self) -> Iterator[Any]:  # so ``list(entry)`` is the plain form too
@@ -151,7 +151,7 @@ def add_churn_prediction(
     every_ms: int = DAY_MS,
     max_pending: int = 40,
     btyd: Sequence[float] | None = None,
-    said: Sequence[float | None] | None = None,
+    said: Sequence[float] | None = None,
 ) -> None:
     """Keep the prediction if it is the first in its ``every_ms`` period of event time, in ts
     order, dropping the oldest beyond ``max_pending``. ``pending`` is changed in place (plain
@@ -164,7 +164,7 @@ def add_churn_prediction(
         _copy(x),
         float(p_onnx),
         btyd=None if btyd is None else [float(v) for v in btyd],
-        said=None if said is None else [None if v is None else float(v) for v in said],
+        said=None if said is None else [float(v) for v in said],
     )
     at = bisect.bisect_right([e.ts for e in pending], entry.ts)
     pending.insert(at, entry)

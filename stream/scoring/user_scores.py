@@ -127,10 +127,8 @@ def _check_pending_churn(entry: Any) -> None:
         strict.need_num(alive, "pending churn BTYD P(alive)", 0.0, 1.0)
         strict.need_num(orders, "pending churn BTYD expected orders", 0.0)
     if len(entry) == 6 and entry[5] is not None:
-        said = strict.need_list(entry[5], "pending churn experts' figures", length=4)
-        strict.need_nums(said[:3], "a pending churn expert's figure", 0.0, 1.0)
-        if said[3] is not None:
-            strict.need_num(said[3], "pending churn BTYD figure", 0.0, 1.0)
+        said = strict.need_list(entry[5], "pending churn figures said", length=2)
+        strict.need_nums(said, "a pending churn figure said", 0.0, 1.0)
 
 
 def _check_features(value: Any, name: str) -> None:

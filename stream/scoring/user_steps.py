@@ -205,8 +205,9 @@ def score_user(
             p_onnx,
             every_ms=config.churn_label_every_ms,
             max_pending=config.churn_horizon_ms // config.churn_label_every_ms + 1,
-            btyd=None if view is None else [round(v, 6) for v in view],
-            said=[None if v is None else round(v, 6) for v in said],
+            # 4 decimals: plenty for a label, and small in the changelog.
+            btyd=None if view is None else [round(v, 4) for v in view],
+            said=[round(float(said[0]), 4), round(float(said[2]), 4)],  # type: ignore[arg-type]
         )
         if len(scores.churn_pending) > pending_before:
             due = user.at_ms + config.churn_horizon_ms

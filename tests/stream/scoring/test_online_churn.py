@@ -284,7 +284,7 @@ def test_the_mixture_judges_what_the_experts_said_then():
     (which may have learned the label's burst since) would say now."""
     said_online_right, judged_now = ChurnBlend(min_labels=0), ChurnBlend(min_labels=0)
     for _ in range(50):
-        said_online_right.learn({"f1": 0.0}, 0.5, True, said=[0.5, 0.5, 0.95, None])
+        said_online_right.learn({"f1": 0.0}, 0.5, True, said=[0.5, 0.95])
         judged_now.learn({"f1": 0.0}, 0.5, True)
     assert said_online_right.weight_online > 0.99
     assert said_online_right.metrics()["log_loss_blend"] == pytest.approx(-math.log(0.5))

@@ -148,10 +148,10 @@ def test_plain_list_entries_and_round_trip():
         [DAY, {"a": 2.0}, 0.4, True],
         PendingChurn(2 * DAY, {"a": 2.0}, 0.4, btyd=[0.7, 0.5, 0.25]),
     ]
-    said = (0.6, 0.55, 0.7, None)
+    said = (0.6, 0.7)
     add_churn_prediction(pending, 3 * DAY, {"a": 3.0}, 0.5, btyd=(0.6, 0.9, 0.5), said=said)
     assert all(isinstance(p, PendingChurn) for p in pending)
-    assert pending[-1].said == [0.6, 0.55, 0.7, None]
+    assert pending[-1].said == [0.6, 0.7]
     assert [(p.ordered, p.btyd) for p in pending] == [
         (False, None),
         (True, None),
@@ -160,7 +160,7 @@ def test_plain_list_entries_and_round_trip():
     ]
     labels = resolve_churn(pending[:], order_ts=None, now_ts=9 * DAY, horizon_ms=DAY)
     assert [label.btyd for label in labels] == [None, None, [0.7, 0.5, 0.25], [0.6, 0.9, 0.5]]
-    assert [label.said for label in labels] == [None, None, None, [0.6, 0.55, 0.7, None]]
+    assert [label.said for label in labels] == [None, None, None, [0.6, 0.7]]
     raw = orjson.dumps([list(p) for p in pending])
     again = [PendingChurn.from_list(p) for p in orjson.loads(raw)]
     assert again == pending

@@ -303,6 +303,11 @@ def test_the_changelog_form_is_a_compressed_format_1_array() -> None:
     assert orjson.loads(value.to_json())[0] == 1
     # Plain format-1 records, written before, read the same.
     assert UserScores.from_bytes(value.to_json()).to_bytes() == encoded
+    # So do records compressed with the first scoring dictionary, before the BTYD expert's
+    # figures were kept (the dictionary's id is in the frame).
+    older = b"\x02" + packing.pack(value.to_json(), 12_001)
+    assert zstandard.get_frame_parameters(older[1:]).dict_id == 12_001 != packing.SCORES_DICTIONARY
+    assert UserScores.from_bytes(older).to_bytes() == encoded
 
 
 @pytest.mark.parametrize(
