@@ -14,7 +14,7 @@ from stream.contract.events import Event
 from stream.features import FeatureConfig, UserState
 from stream.models.inputs import Candidates
 from stream.models.registry import Model
-from stream.scoring.churn_input import churn_input_matrix
+from stream.scoring.churn_input import churn_input_matrix, stored_vector
 from stream.scoring.user_scores import UserScores
 
 __all__ = [
@@ -121,16 +121,10 @@ class Prepared:
     _churn_inputs: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def stored(self, index: int) -> list[float]:
-        """Row ``index`` as a pending churn prediction keeps it: 3 significant digits. The
-        label's learner reads its features on a log scale, where that is an error below
-        0.0005, and it keeps the changelog small (a user holds up to a dozen of these rows).
-
-        >>> Prepared([], True, {}, np.zeros((1, 3)), [[1234.5678, 0.000123456, 3.0]]).stored(0)
-        [1230.0, 0.000123, 3.0]
-        """
+        """Row ``index`` as a pending churn prediction keeps it (``stored_vector``)."""
         row = self._stored.get(index)
         if row is None:
-            row = self._stored[index] = [float(f"{v:.3g}") for v in self.vectors[index]]
+            row = self._stored[index] = stored_vector(self.vectors[index])
         return row
 
     def churn_inputs(self) -> np.ndarray:

@@ -19,6 +19,7 @@ __all__ = [
     "btyd_inputs",
     "churn_input_matrix",
     "churn_inputs",
+    "stored_vector",
 ]
 
 #: Features that describe the moment rather than the customer: at an event the user is always
@@ -31,6 +32,23 @@ MOMENT_FEATURES = frozenset(
 _CHURN_INPUTS = tuple(
     (index, name) for index, name in enumerate(FEATURE_NAMES) if name not in MOMENT_FEATURES
 )
+
+
+_READ = frozenset(index for index, _name in _CHURN_INPUTS)
+
+
+def stored_vector(vector: Sequence[float]) -> list[float]:
+    """A feature vector as a pending churn prediction keeps it for its label: what
+    ``churn_inputs`` reads, to 3 significant digits (an error below 0.0005 on the log scale it
+    reads them on), and 0.0 for the moment's features it never reads. A user keeps up to a
+    dozen of these rows in the changelog.
+
+    >>> row = [1234.5678] * len(FEATURE_NAMES)
+    >>> kept = stored_vector(row)
+    >>> kept[FEATURE_NAMES.index("orders_total")], kept[FEATURE_NAMES.index("session_events")]
+    (1230.0, 0.0)
+    """
+    return [float(f"{v:.3g}") if i in _READ else 0.0 for i, v in enumerate(vector)]
 
 
 #: The stacker's inputs from the BTYD expert's view of a customer (``btyd_inputs``).
