@@ -65,6 +65,10 @@ class BtydPrediction:
     expected_orders: np.ndarray
     #: Expected value of one order.
     expected_value: np.ndarray
+    #: What the churn blend takes from the expert (``ChurnBlend``,
+    #: ``churn_input.btyd_inputs``), one ``(n, 3)`` row per customer: P(no order within the
+    #: blend's horizon), P(alive), and expected orders within it; None unless asked for.
+    blend: np.ndarray | None = None
 
     @property
     def clv(self) -> np.ndarray:
@@ -207,43 +211,34 @@ class BtydExpert:
         period_days: float,
         *,
         value: bool = True,
+        blend_horizon_days: float | None = None,
     ) -> BtydPrediction:
         """The expert's predictions for customers with these feature vectors: P(alive), P(no
-        order within each horizon), and (with ``value``; else NaN) expected orders and spend
-        over ``period_days``."""
+        order within each horizon), (with ``value``; else NaN) expected orders and spend over
+        ``period_days``, and (with ``blend_horizon_days``) the churn blend's view at that
+        horizon (``BtydPrediction.blend``)."""
         s = self.summaries(vectors)
         model = self.bgnbd
         nan = np.where(s["customer"], 0.0, np.nan)
         x, t_x, T = s["x"], s["t_x"], s["T"]
         p_alive = model.p_alive(x, t_x, T) + nan
         p_no_order = {h: model.p_no_order(x, t_x, T, h) + nan for h in horizons_days}
+        blend = None
+        if blend_horizon_days is not None:
+            h = blend_horizon_days
+            churn = p_no_order[h] if h in p_no_order else model.p_no_order(x, t_x, T, h) + nan
+            orders = model.expected_orders(x, t_x, T, h) + nan
+            blend = np.column_stack([churn, p_alive, orders])
         if not value:
             missing = np.full(len(x), np.nan)
-            return BtydPrediction(p_alive, p_no_order, missing, missing)
+            return BtydPrediction(p_alive, p_no_order, missing, missing, blend)
         expected_orders = model.expected_orders(x, t_x, T, period_days) + nan
         values = self.gamma_gamma
         if values is None:
             expected_value = s["mean_value"] + nan
         else:
             expected_value = values.expected_value(s["orders"], s["mean_value"]) + nan
-        return BtydPrediction(p_alive, p_no_order, expected_orders, expected_value)
-
-    def blend_view(self, vectors: Sequence[Sequence[float]], horizon_days: float) -> np.ndarray:
-        """What the churn blend takes from the expert (``ChurnBlend``, ``churn_input.btyd_inputs``),
-        one row per customer: P(no order within ``horizon_days``), P(alive), and expected
-        orders within it; NaN rows for users who never ordered."""
-        s = self.summaries(vectors)
-        model = self.bgnbd
-        x, t_x, T = s["x"], s["t_x"], s["T"]
-        view = np.column_stack(
-            [
-                model.p_no_order(x, t_x, T, horizon_days),
-                model.p_alive(x, t_x, T),
-                model.expected_orders(x, t_x, T, horizon_days),
-            ]
-        )
-        view[~s["customer"]] = np.nan
-        return view
+        return BtydPrediction(p_alive, p_no_order, expected_orders, expected_value, blend)
 
     # -- checkpoint -------------------------------------------------------------------------
 

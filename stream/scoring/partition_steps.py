@@ -103,8 +103,15 @@ def btyd_views(
         rows = [step.index for step in steps]
         vectors = [prepared.vectors[i] for i in rows]
         try:
-            view = learners.btyd.predict(vectors, horizons, period, value=not prepared.churn_only)
-            blend_input = learners.btyd.blend_view(vectors, primary).tolist()
+            view = learners.btyd.predict(
+                vectors,
+                horizons,
+                period,
+                value=not prepared.churn_only,
+                blend_horizon_days=primary,
+            )
+            assert view.blend is not None
+            blend_input = view.blend.tolist()
         except Exception:
             continue  # the expert is left out of these users' blend and messages
         for n, index in enumerate(rows):

@@ -55,7 +55,7 @@ class BtydView:
     expected_orders: float | None
     clv: float | None
     #: What the churn blend takes from the expert at the primary horizon
-    #: (``BtydExpert.blend_view``): P(no order), P(alive), expected orders.
+    #: (``BtydPrediction.blend``): P(no order), P(alive), expected orders.
     blend_input: tuple[float, float, float]
 
     def churn_component(self) -> dict[str, Any]:
