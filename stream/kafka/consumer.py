@@ -5,10 +5,12 @@ Faust or aiokafka upgrade means reading this module (and ``compat``), not the wo
 
 - offset continuity: a message Faust let vanish is noticed at the next offset, and the
   partition is sought back to it (``stream.kafka.offsets``); a message lost at a partition's
-  end is noticed once nothing arrives at all (``reread_lost_tails``); a log that restarts
+  end is noticed once nothing arrives at all, and so is a partition whose whole tail never
+  reached the agent after an assignment (``reread_lost_tails``); messages of a revoked
+  partition fetched before the revocation are fenced off (``forget``); a log that restarts
   below what was delivered (the broker lost it) raises ``LogReset`` (``check_log_ends``);
-- whether a partition is caught up, for event-time alignment (aiokafka's fetch state, the
-  committed offset, the log start);
+- whether a partition is caught up, for event-time alignment, and where its reading starts
+  (``stream.kafka.positions``: aiokafka's fetch state, the committed offset, the log start);
 - stuck partitions: Faust's lost buffer-drop signal (``resume_stuck_partitions``);
 - acks in offset order up to what the pipeline has finished with (``ack``), so Faust never
   commits past a held message;
@@ -31,6 +33,7 @@ from faust.types import TP, EventT
 from stream.contract.topics import CLOCK, INPUT_TOPICS
 from stream.kafka.compat import first_offsets
 from stream.kafka.offsets import OffsetContinuity, Verdict, check_log_end
+from stream.kafka.positions import PartitionPositions
 from stream.pipeline.records import InputRecord
 
 __all__ = ["LOST_TAIL_QUIET_S", "STUCK_PARTITION_S", "InputFeed", "acting_as"]
@@ -78,7 +81,7 @@ def _forget_offsets(consumer: Any, tp: TP, end: int | None) -> None:
 
 class InputFeed:
     """Turns the agent's batches into pipeline records, and the pipeline's safe offsets into
-    acks; knows per input partition what was delivered, and where reading starts."""
+    acks; knows per input partition what was delivered (``positions``: where it stands)."""
 
     def __init__(
         self, app: Any, topic: Callable[[str], str], on_rewind: Callable[[str], None]
@@ -89,12 +92,15 @@ class InputFeed:
         self._topic = topic
         self._on_rewind = on_rewind
         self.continuity = OffsetContinuity()
+        self.positions = PartitionPositions(app, topic, self.continuity)
+        self.caught_up = self.positions.caught_up
+        self.describe = self.positions.describe
         self.stream: Any = None
         self._ack_queues: defaultdict[TP, deque[EventT]] = defaultdict(deque)
         #: The latest taken event of each partition: table writes are attributed to it.
         self._partition_event: dict[int, EventT] = {}
-        self._delivered_at: dict[TP, float] = {}
-        self._log_start: dict[TP, int] = {}
+        #: When the agent last took a message, or a partition was assigned or sought back.
+        self._last_delivery = time.monotonic()
         self._buffered_since: dict[TP, float] = {}
         #: One past the highest offset taken from each partition in an earlier assignment:
         #: a log now ending below it was lost by the broker (``_check_log_end``).
@@ -108,27 +114,33 @@ class InputFeed:
         records: list[InputRecord] = []
         rewind: dict[TP, int] = {}
         contract = self._contract
+        continuity = self.continuity
         committed_offsets = self.app.consumer._committed_offset
         fetched: dict[TP, float] = {}  # one fetch-state lookup per partition and batch
+        fenced = 0
         for event in events:
             message = event.message
             # Every message is acked in offset order (``ack``), never by the stream
             # (``stream.kafka.intake``). A message that is not taken is never acked: its
             # in-order twin is.
             tp = message.tp
-            verdict = self.continuity.check(tp, message.offset, committed_offsets.get(tp), now=now)
+            start = self.positions.restart_without_commit(tp) if continuity.is_fenced(tp) else None
+            verdict = continuity.check(
+                tp, message.offset, committed_offsets.get(tp), now=now, start=start
+            )
             if verdict is not Verdict.TAKE:
                 if verdict is Verdict.REWIND:
-                    expected = self.continuity.expected(tp)
+                    expected = continuity.expected(tp)
                     if expected is not None:
                         rewind[tp] = expected
+                elif verdict is Verdict.FENCED:
+                    fenced += 1
                 continue
-            self._delivered_at[tp] = now
             self._ack_queues[tp].append(event)
             self._partition_event[message.partition] = event
             fetched_ms = fetched.get(tp)
             if fetched_ms is None:
-                fetched_ms = fetched[tp] = self._fetched_ms(tp)
+                fetched_ms = fetched[tp] = self.positions.fetched_ms(tp)
             records.append(
                 InputRecord(
                     contract[message.topic],
@@ -139,6 +151,14 @@ class InputFeed:
                     message.timestamp,
                     fetched_ms,
                 )
+            )
+        if records:
+            self._last_delivery = now
+        if fenced:
+            log.info(
+                "%d messages of partitions revoked by a rebalance skipped until reading them "
+                "again from the committed offsets",
+                fenced,
             )
         return records, rewind
 
@@ -166,7 +186,9 @@ class InputFeed:
             ),
             default=None,
         )
-        return check_log_end(tp, getattr(self._fetch_state(tp), "highwater", None), taken, resume)
+        return check_log_end(
+            tp, getattr(self.positions.fetch_state(tp), "highwater", None), taken, resume
+        )
 
     async def check_log_ends(self) -> None:
         """Check every assigned input partition's log end (``_check_log_end``), and read a
@@ -185,7 +207,9 @@ class InputFeed:
         if not past:
             return
         for tp in past:
-            _forget_offsets(consumer, tp, getattr(self._fetch_state(tp), "highwater", None))
+            _forget_offsets(
+                consumer, tp, getattr(self.positions.fetch_state(tp), "highwater", None)
+            )
         try:
             starts = await consumer.earliest_offsets(*past)
         except Exception as exc:  # an offset out of range resets to the start anyway
@@ -217,50 +241,20 @@ class InputFeed:
         """Attribute table writes to ``partition`` (``acting_as`` its latest taken event)."""
         return acting_as(self._partition_event[partition])
 
-    # -- where each partition stands --------------------------------------------------------
-
-    def _fetch_state(self, tp: TP) -> Any:
-        """aiokafka's fetch state of ``tp`` (position, high watermark, last fetch time)."""
-        try:
-            consumer = self.app.consumer._thread._ensure_consumer()
-            return consumer._subscription.subscription.assignment.state_value(tp)
-        except Exception:  # not assigned / consumer restarting
-            return None
-
-    def _fetched_ms(self, tp: TP) -> float:
-        """When the latest fetch of ``tp`` returned: no later than this, its records arrived."""
-        state = self._fetch_state(tp)
-        stamp = getattr(state, "timestamp", None)
-        return float(stamp) if stamp is not None else float("-inf")
-
-    def caught_up(self, topic: str, partition: int) -> bool | float | None:
-        """Whether this worker has read everything in ``topic``'s ``partition`` as of its last
-        fetch; when it has, the time of that fetch (see ``stream.pipeline.ordering``)."""
-        tp = TP(self._topic(topic), partition)
-        state = self._fetch_state(tp)
-        if state is None:
-            return None
-        highwater = state.highwater
-        if highwater is None or highwater < 0:
-            return None
-        expected = self.continuity.expected(tp)  # the next offset the agent is to receive
-        if expected is not None:
-            caught_up = expected >= highwater
-        elif (committed := self.app.consumer._committed_offset.get(tp)) is not None:
-            # Nothing delivered since the assignment: the agent starts at the committed offset.
-            # (Not the fetch position: fetched records may wait in Faust's queues for seconds
-            # behind a backlog of other topics, and calling their topic caught up then released
-            # those topics' events ahead of them, which then arrived late.)
-            caught_up = committed >= highwater
-        elif (start := self._log_start.get(tp)) is not None:
-            caught_up = start >= highwater  # no commit yet: reading starts at the log's start
-        else:
-            return None  # where reading starts is not known: the aligner waits a while
-        if not caught_up:
-            return False
-        return float(state.timestamp) if state.timestamp is not None else True
-
     # -- repairs ----------------------------------------------------------------------------
+
+    async def rewind_then(
+        self, records: list[InputRecord], rewind: dict[TP, int]
+    ) -> list[InputRecord]:
+        """``rewind``, then the ``records`` still this worker's to process: a rebalance may
+        revoke partitions while the seek waits, and records of a revoked partition are its next
+        owner's to read again from the committed offset (``forget``), even when that owner is
+        this worker."""
+        if not rewind:
+            return records
+        await self.rewind(rewind)
+        fenced, topic = self.continuity.is_fenced, self._topic
+        return [r for r in records if not fenced(TP(topic(r.topic), r.partition))]
 
     async def rewind(self, rewind: dict[TP, int]) -> None:
         """Seek partitions back to offsets that were skipped before reaching the agent, after
@@ -294,23 +288,41 @@ class InputFeed:
                     "%s: offset %d never reached the agent; reading again from it", tp, offset
                 )
                 self._on_rewind(self._contract.get(tp.topic, CLOCK))
-            self._delivered_at[tp] = now
-        await self.app.consumer.seek_wait(rewind)
+        self._last_delivery = now
+        # Partitions revoked while the broker was asked are no longer this worker's to seek
+        # (aiokafka refuses a seek of an unassigned partition).
+        assigned = self.app.consumer.assignment()
+        rewind = {
+            tp: offset
+            for tp, offset in rewind.items()
+            if tp in assigned and not self.continuity.is_fenced(tp)
+        }
+        if rewind:
+            await self.app.consumer.seek_wait(rewind)
 
     def lost_tails(self, now: float, quiet_s: float = LOST_TAIL_QUIET_S) -> dict[TP, int]:
         """Once the agent has received nothing at all for ``quiet_s``, the partitions whose
         fetch position is past what it got: a message lost at a partition's end leaves no
         later offset to reveal the gap (and would hold back event-time alignment for good).
         While anything still arrives, fetched messages may just be queued inside Faust behind
-        a backlog (seen: partitions silent for 10 s in a 2-million-event replay)."""
+        a backlog (seen: partitions silent for 10 s in a 2-million-event replay).
+
+        A partition nothing reached since its assignment counts from where reading started
+        (``_restart``): Faust's recovery can fetch a partition's whole tail and clear it from its
+        queues before the agent sees any of it, and then nothing else would ever read it again
+        (seen after a rebalance: one partition number's events held for alignment for good)."""
         rewind: dict[TP, int] = {}
-        if not self._delivered_at or now - max(self._delivered_at.values()) < quiet_s:
+        if now - self._last_delivery < quiet_s:
             return rewind
-        for tp in self._delivered_at:
+        for tp in self.app.consumer.assignment():
+            if tp.topic not in self._contract:
+                continue
             expected = self.continuity.expected(tp)
             if expected is None:
+                expected = self.positions.restart(tp)
+            if expected is None:
                 continue
-            state = self._fetch_state(tp)
+            state = self.positions.fetch_state(tp)
             if state is None or not state.has_valid_position:
                 continue
             if state.position > expected:
@@ -346,23 +358,20 @@ class InputFeed:
     # -- rebalances -------------------------------------------------------------------------
 
     async def note_log_starts(self, assigned: set[TP]) -> None:
-        """Where newly assigned input partitions with no committed offset start
-        (``caught_up``)."""
-        inputs = [tp for tp in assigned if self._contract.get(tp.topic, CLOCK) != CLOCK]
-        if not inputs:
-            return
-        try:
-            self._log_start.update(await self.app.consumer.earliest_offsets(*inputs))
-        except Exception as exc:  # unknown starts only make the aligner wait a while
-            log.warning("could not read the input partitions' first offsets: %s", exc)
+        """Where newly assigned partitions with no committed offset start (``caught_up``, and
+        the restart of a partition assigned again: ``take``)."""
+        self._last_delivery = time.monotonic()  # quiet counts from the assignment
+        await self.positions.note_log_starts(tp for tp in assigned if tp.topic in self._contract)
 
     def forget(self, revoked: set[TP]) -> None:
-        """Revoked partitions: their unacked messages are their new owner's to read again."""
+        """Revoked partitions: their unacked messages are their new owner's to read again.
+        Messages of theirs still in Faust's queues or in a batch are fenced off
+        (``OffsetContinuity.revoke``): they were fetched before the revocation."""
         for tp in revoked:
             expected = self.continuity.expected(tp)
             if expected is not None:
                 self._taken_before[tp] = max(expected, self._taken_before.get(tp, 0))
-        self.continuity.forget(revoked)
+        self.continuity.revoke(tp for tp in revoked if tp.topic in self._contract)
         for tp in revoked:
-            self._delivered_at.pop(tp, None)
             self._ack_queues.pop(tp, None)
+        self.positions.forget(revoked)

@@ -17,6 +17,13 @@ real (offsets a compacted topic or transaction markers leave out) is asked of th
 guessed: the agent fetches the first offset at or after the missing one and ``accept``s the
 gap up to it.
 
+A revoked partition is fenced until its next assignment says where reading restarts: messages
+fetched before the revocation can still be in Faust's queues (they are cleared only when flow
+resumes) and in the agent's batch, and the first of them must not set where the partition
+continues: taken as the start, it would skip every offset between the committed one and it.
+(A worker's partitions are revoked and assigned back to it when its group membership expires,
+as after a 30 s broker freeze.)
+
 A log that restarts below offsets already delivered is not a gap but a loss: the broker lost
 its data (a node back on an empty directory, a truncated log) or the topic was recreated. Its
 new records carry offsets the agent has seen, so they would all be skipped as re-reads; the
@@ -40,6 +47,10 @@ class Verdict(enum.Enum):
     REWIND = "rewind"
     #: Beyond a gap a seek is already reading again: skipped, no new seek.
     WAIT = "wait"
+    #: A revoked partition whose restart offset is not known yet: skipped, not acked. It is a
+    #: message fetched before the revocation, or one its new assignment reads again after
+    #: seeking to the committed offset.
+    FENCED = "fenced"
 
 
 class LogReset(Exception):
@@ -98,26 +109,49 @@ class OffsetContinuity:
     7
     >>> [c.check("p", o, now=0.1).value for o in (7, 8)]
     ['take', 'take']
+    >>> c.revoke(["p"])
+    >>> [c.check("p", o, now=0.2).value for o in (9, 10)]  # fetched before the revocation
+    ['fenced', 'fenced']
+    >>> [c.check("p", o, committed=8, now=0.3).value for o in (10, 8)]
+    ['rewind', 'take']
     """
 
     retry_s: float = 1.0
     _partitions: dict[Hashable, _Partition] = field(default_factory=dict)
+    #: Revoked partitions not read since (``revoke``).
+    _fenced: set[Hashable] = field(default_factory=set)
     #: Gaps accepted as real: (partition, first absent offset, first offset after the gap).
     accepted: list[tuple[Hashable, int, int]] = field(default_factory=list)
 
     def check(
-        self, tp: Hashable, offset: int, committed: int | None = None, *, now: float
+        self,
+        tp: Hashable,
+        offset: int,
+        committed: int | None = None,
+        *,
+        now: float,
+        start: int | None = None,
     ) -> Verdict:
         """The verdict for the message at ``offset`` arriving at ``now`` (monotonic seconds).
+
         ``committed`` (the group's committed offset, when known) is where the first message
-        after an assignment must start."""
+        after an assignment must start. After a revocation (``revoke``) the partition restarts
+        at ``committed``, or at ``start`` (where reading starts without a commit) when the
+        group has none; until one of them is known its messages are ``FENCED``."""
         state = self._partitions.get(tp)
         if state is None:
-            if committed is not None and offset > committed:
+            if tp in self._fenced:
+                restart = committed if committed is not None else start
+                if restart is None:
+                    return Verdict.FENCED
+                self._fenced.discard(tp)
+                state = self._partitions[tp] = _Partition(expected=restart)
+            elif committed is not None and offset > committed:
                 state = self._partitions[tp] = _Partition(expected=committed)
                 return self._gap(state, now)
-            self._partitions[tp] = _Partition(expected=offset + 1)
-            return Verdict.TAKE
+            else:
+                self._partitions[tp] = _Partition(expected=offset + 1)
+                return Verdict.TAKE
         if offset == state.expected:
             state.expected += 1
             state.sought_at = float("-inf")
@@ -145,7 +179,19 @@ class OffsetContinuity:
         state = self._partitions.get(tp)
         return None if state is None else state.expected
 
+    def is_fenced(self, tp: Hashable) -> bool:
+        return tp in self._fenced
+
     def forget(self, tps: Iterable[Hashable]) -> None:
-        """Partitions revoked: their next owner, or a later assignment, starts afresh."""
+        """Start ``tps`` afresh: their first message sets where they continue."""
         for tp in tps:
             self._partitions.pop(tp, None)
+            self._fenced.discard(tp)
+
+    def revoke(self, tps: Iterable[Hashable]) -> None:
+        """Partitions revoked: their next owner reads their unacked messages again, from the
+        committed offset. If that is this worker, messages are fenced until ``check`` is told
+        where reading restarts."""
+        for tp in tps:
+            self._partitions.pop(tp, None)
+            self._fenced.add(tp)

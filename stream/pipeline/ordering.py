@@ -100,6 +100,21 @@ class EventTimeAligner(Generic[T]):
                 out.append(heapq.heappop(heap)[4])
         return out
 
+    def stalled(
+        self, caught_up: CaughtUp, now: float, after_s: float
+    ) -> list[tuple[int, list[str], int]]:
+        """Partitions whose oldest held item has waited over ``after_s``: (partition, the
+        topics known to have more to deliver, which hold it back, items held). For an
+        operator's log: a topic that never delivers what the broker has holds its partition's
+        events for good, and nothing else would say so."""
+        out: list[tuple[int, list[str], int]] = []
+        for partition, heap in self._heaps.items():
+            if not heap or now - min(entry[2] for entry in heap) < after_s:
+                continue
+            behind = [t for t in self.topics if caught_up(t, partition) is False]
+            out.append((partition, behind, len(heap)))
+        return out
+
     def drain(self) -> list[T]:
         """Everything held, in ``ts`` order per partition (on shutdown or revocation)."""
         out: list[T] = []

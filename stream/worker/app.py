@@ -271,8 +271,7 @@ class ShopscoreApp:
             )
         async with self.lock:
             records, rewind = self.feed.take(events, time.monotonic())
-            if rewind:
-                await self.feed.rewind(rewind)
+            records = await self.feed.rewind_then(records, rewind)
             await self._run(records)
         self.metrics.batch_size.observe(len(events))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)

@@ -8,6 +8,7 @@ directory. Hooks: note where newly assigned partitions start, forget revoked one
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from faust.types import TP
@@ -24,6 +25,9 @@ __all__ = ["register_timers"]
 
 log = logging.getLogger("shopscore")
 
+#: How long events may be held for alignment before a warning says what holds them.
+STALLED_ALIGNMENT_S = 30.0
+
 
 def register_timers(worker: ShopscoreApp) -> None:
     """Register the timers and rebalance hooks of ``worker`` on its Faust app."""
@@ -39,6 +43,26 @@ def register_timers(worker: ShopscoreApp) -> None:
                 raise
 
     worker.app.timer(0.2, name="shopscore.release_held")(release_held)
+
+    async def warn_stalled_alignment() -> None:
+        # Events held for a topic the broker has more of wait for it however long it takes;
+        # when that is minutes, the operator must hear which partition and why.
+        stalled = worker.pipeline.aligner.stalled(
+            worker.feed.caught_up, time.monotonic(), STALLED_ALIGNMENT_S
+        )
+        for partition, behind, held in stalled:
+            log.warning(
+                "partition %d: %d events held for event-time alignment for over %.0f s, "
+                "waiting for %s",
+                partition,
+                held,
+                STALLED_ALIGNMENT_S,
+                "; ".join(worker.feed.describe(t, partition) for t in behind) or "nothing",
+            )
+
+    worker.app.timer(STALLED_ALIGNMENT_S, name="shopscore.warn_stalled_alignment")(
+        warn_stalled_alignment
+    )
 
     @worker.app.on_partitions_assigned.connect
     async def note_log_starts(app: Any, assigned: set[TP], **kwargs: Any) -> None:

@@ -78,6 +78,39 @@ def test_partitions_are_independent_and_forgotten_on_revocation() -> None:
     assert c.check("b", 7, now=0) is Verdict.TAKE
 
 
+def test_a_revoked_partition_restarts_where_its_group_committed_not_at_a_stale_message() -> None:
+    # A worker's partition is revoked with offsets 5.. uncommitted and assigned back to it;
+    # messages fetched before the revocation (20, 21) still reach the agent.
+    c = OffsetContinuity()
+    for offset in range(5, 20):
+        c.check("p", offset, committed=5, now=0)
+    c.revoke(["p"])
+    assert c.is_fenced("p")
+    assert [c.check("p", o, now=1) for o in (20, 21)] == [Verdict.FENCED] * 2
+    assert c.expected("p") is None
+    # Once the committed offset is known, a stale message is a gap back to it, not a start.
+    assert c.check("p", 22, committed=5, now=2) is Verdict.REWIND
+    assert c.expected("p") == 5 and not c.is_fenced("p")
+    assert [c.check("p", o, committed=5, now=3) for o in range(5, 8)] == [Verdict.TAKE] * 3
+
+
+def test_a_revoked_partition_without_a_commit_restarts_at_the_log_start() -> None:
+    c = OffsetContinuity()
+    c.check("p", 0, now=0)
+    c.check("p", 1, now=0)
+    c.revoke(["p"])
+    assert c.check("p", 2, now=1) is Verdict.FENCED  # where to restart is not known yet
+    assert c.check("p", 2, now=1, start=0) is Verdict.REWIND
+    assert c.check("p", 0, start=0, now=2) is Verdict.TAKE
+
+
+def test_forgetting_a_partition_lifts_its_fence() -> None:
+    c = OffsetContinuity()
+    c.revoke(["p"])
+    c.forget(["p"])
+    assert c.check("p", 9, now=0) is Verdict.TAKE
+
+
 @given(
     st.lists(
         st.tuples(st.integers(min_value=0, max_value=40), st.floats(min_value=0, max_value=3)),

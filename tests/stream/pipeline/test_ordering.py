@@ -60,6 +60,16 @@ def test_a_topic_known_to_have_more_data_holds_however_long_it_takes() -> None:
     assert a.release(backlog("clicks"), now=61.0) == ["o500", "c600"]
 
 
+def test_a_partition_held_too_long_is_reported_with_what_holds_it() -> None:
+    a = EventTimeAligner(TOPICS, max_hold_s=1)
+    a.push("orders", 2, ts=500, item="o500", now=0)
+    a.push("orders", 2, ts=600, item="o600", now=20)
+    a.push("orders", 1, ts=500, item="o1", now=20)
+    assert a.release(backlog("carts"), now=25) == []
+    assert a.stalled(backlog("carts"), now=25, after_s=30) == []
+    assert a.stalled(backlog("carts"), now=31, after_s=30) == [(2, ["carts"], 2)]
+
+
 def test_partitions_are_independent_and_revocation_returns_held_items() -> None:
     a = EventTimeAligner(TOPICS, max_hold_s=10)
     a.push("orders", 0, ts=500, item="p0", now=0)
