@@ -35,6 +35,7 @@ from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 __all__ = [
+    "cancelled_from_outside",
     "first_offsets",
     "input_transactions",
     "install",
@@ -43,6 +44,17 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+def cancelled_from_outside() -> bool:
+    """Whether the ``CancelledError`` being handled cancelled an operation the current task
+    awaited, not the task itself: aiokafka cancels a seek's pending position wait when a
+    rebalance replaces the assignment. Faust ends a timer for good when its body raises
+    ``CancelledError`` while the app runs (seen: the lost-tail timer gone after a broker freeze,
+    and a partition's events held for alignment ever after), so such a cancellation is only a
+    seek that did not happen; one of the task itself (the worker stopping) must propagate."""
+    task = asyncio.current_task()
+    return task is not None and not task.cancelling()
 
 
 async def true_end_offsets(

@@ -19,6 +19,7 @@ Faust or aiokafka upgrade means reading this module (and ``compat``), not the wo
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -31,7 +32,7 @@ from faust.streams import _current_event
 from faust.types import TP, EventT
 
 from stream.contract.topics import CLOCK, INPUT_TOPICS
-from stream.kafka.compat import first_offsets
+from stream.kafka.compat import cancelled_from_outside, first_offsets
 from stream.kafka.offsets import OffsetContinuity, Verdict, check_log_end
 from stream.kafka.positions import PartitionPositions
 from stream.pipeline.records import InputRecord
@@ -77,6 +78,17 @@ def _forget_offsets(consumer: Any, tp: TP, end: int | None) -> None:
     for kept in (consumer._read_offset, consumer._committed_offset, consumer._acked,
                  consumer._acked_index, consumer._gap):  # fmt: skip
         kept.pop(tp, None)
+
+
+async def _seek(consumer: Any, offsets: Mapping[TP, int]) -> None:
+    """Seek and wait; a rebalance cancelling the wait leaves the partitions to the next check
+    (``reread_lost_tails``, the next batch's gap), not an error."""
+    try:
+        await consumer.seek_wait(offsets)
+    except asyncio.CancelledError:
+        if not cancelled_from_outside():
+            raise
+        log.info("seeking %s was cancelled by a rebalance; checked again later", sorted(offsets))
 
 
 class InputFeed:
@@ -215,7 +227,7 @@ class InputFeed:
         except Exception as exc:  # an offset out of range resets to the start anyway
             log.warning("could not read the partitions' first offsets (%s); seeking to 0", exc)
             starts = {}
-        await consumer.seek_wait({tp: starts.get(tp) or 0 for tp in past})
+        await _seek(self.app.consumer, {tp: starts.get(tp) or 0 for tp in past})
 
     # -- out: acks and table writes -------------------------------------------------------------
 
@@ -298,7 +310,7 @@ class InputFeed:
             if tp in assigned and not self.continuity.is_fenced(tp)
         }
         if rewind:
-            await self.app.consumer.seek_wait(rewind)
+            await _seek(self.app.consumer, rewind)
 
     def lost_tails(self, now: float, quiet_s: float = LOST_TAIL_QUIET_S) -> dict[TP, int]:
         """Once the agent has received nothing at all for ``quiet_s``, the partitions whose

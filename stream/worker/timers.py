@@ -7,13 +7,17 @@ directory. Hooks: note where newly assigned partitions start, forget revoked one
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from faust.types import TP
 
 from stream.contract.partitioning import owner_partition
+from stream.kafka.compat import cancelled_from_outside
 from stream.kafka.consumer import LOST_TAIL_QUIET_S, STUCK_PARTITION_S
 from stream.kafka.offsets import LogReset
 from stream.worker.model_swap import swap_models
@@ -29,9 +33,31 @@ log = logging.getLogger("shopscore")
 STALLED_ALIGNMENT_S = 30.0
 
 
+def _survives_cancellation(fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """``fn``, except that an operation it awaits being cancelled from outside (a rebalance
+    cancels aiokafka's pending seeks) ends this tick only: Faust ends a timer for good when its
+    body raises ``CancelledError`` (``stream.kafka.compat.cancelled_from_outside``)."""
+
+    @functools.wraps(fn)
+    async def tick() -> None:
+        try:
+            await fn()
+        except asyncio.CancelledError:
+            if not cancelled_from_outside():
+                raise
+            log.info(
+                "%s: what it awaited was cancelled; it runs again at its next tick", fn.__name__
+            )
+
+    return tick
+
+
 def register_timers(worker: ShopscoreApp) -> None:
     """Register the timers and rebalance hooks of ``worker`` on its Faust app."""
     metrics = worker.metrics
+
+    def timer(interval: float, name: str) -> Callable[[Callable[[], Awaitable[None]]], Any]:
+        return lambda fn: worker.app.timer(interval, name=name)(_survives_cancellation(fn))
 
     async def release_held() -> None:
         # Events held for alignment are released even when no new batch arrives.
@@ -42,7 +68,7 @@ def register_timers(worker: ShopscoreApp) -> None:
                 worker._fatal(exc)
                 raise
 
-    worker.app.timer(0.2, name="shopscore.release_held")(release_held)
+    timer(0.2, name="shopscore.release_held")(release_held)
 
     async def warn_stalled_alignment() -> None:
         # Events held for a topic the broker has more of wait for it however long it takes;
@@ -60,9 +86,7 @@ def register_timers(worker: ShopscoreApp) -> None:
                 "; ".join(worker.feed.describe(t, partition) for t in behind) or "nothing",
             )
 
-    worker.app.timer(STALLED_ALIGNMENT_S, name="shopscore.warn_stalled_alignment")(
-        warn_stalled_alignment
-    )
+    timer(STALLED_ALIGNMENT_S, name="shopscore.warn_stalled_alignment")(warn_stalled_alignment)
 
     @worker.app.on_partitions_assigned.connect
     async def note_log_starts(app: Any, assigned: set[TP], **kwargs: Any) -> None:
@@ -109,12 +133,12 @@ def register_timers(worker: ShopscoreApp) -> None:
         for (name, partition), value in lag.items():
             metrics.lag.labels(name, partition).set(value)
 
-    worker.app.timer(1.0, name="shopscore.refresh_gauges")(refresh_gauges)
+    timer(1.0, name="shopscore.refresh_gauges")(refresh_gauges)
 
     async def reread_lost_tails() -> None:
         await worker.feed.reread_lost_tails(LOST_TAIL_QUIET_S)
 
-    worker.app.timer(1.0, name="shopscore.reread_lost_tails")(reread_lost_tails)
+    timer(1.0, name="shopscore.reread_lost_tails")(reread_lost_tails)
 
     async def check_log_ends() -> None:
         if worker.failed:  # stopping already
@@ -124,17 +148,15 @@ def register_timers(worker: ShopscoreApp) -> None:
         except LogReset as exc:
             worker._fatal(exc)
 
-    worker.app.timer(1.0, name="shopscore.check_log_ends")(check_log_ends)
+    timer(1.0, name="shopscore.check_log_ends")(check_log_ends)
 
     async def resume_stuck_partitions() -> None:
         worker.feed.resume_stuck_partitions(STUCK_PARTITION_S)
 
-    worker.app.timer(1.0, name="shopscore.resume_stuck_partitions")(resume_stuck_partitions)
+    timer(1.0, name="shopscore.resume_stuck_partitions")(resume_stuck_partitions)
 
     async def watch_models() -> None:
         await swap_models(worker.models, worker.pipeline.scorer, worker.lock, worker.metrics)
 
     if worker.settings.model_dir is not None:
-        worker.app.timer(worker.settings.model_poll_ms / 1000, name="shopscore.models")(
-            watch_models
-        )
+        timer(worker.settings.model_poll_ms / 1000, name="shopscore.models")(watch_models)
