@@ -25,7 +25,7 @@ from stream.worker.model_swap import swap_models
 if TYPE_CHECKING:
     from stream.worker.app import ShopscoreApp
 
-__all__ = ["register_timers"]
+__all__ = ["register_timers", "survives_cancellation"]
 
 log = logging.getLogger("shopscore")
 
@@ -33,7 +33,7 @@ log = logging.getLogger("shopscore")
 STALLED_ALIGNMENT_S = 30.0
 
 
-def _survives_cancellation(fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+def survives_cancellation(fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
     """``fn``, except that an operation it awaits being cancelled from outside (a rebalance
     cancels aiokafka's pending seeks) ends this tick only: Faust ends a timer for good when its
     body raises ``CancelledError`` (``stream.kafka.compat.cancelled_from_outside``)."""
@@ -57,7 +57,7 @@ def register_timers(worker: ShopscoreApp) -> None:
     metrics = worker.metrics
 
     def timer(interval: float, name: str) -> Callable[[Callable[[], Awaitable[None]]], Any]:
-        return lambda fn: worker.app.timer(interval, name=name)(_survives_cancellation(fn))
+        return lambda fn: worker.app.timer(interval, name=name)(survives_cancellation(fn))
 
     async def release_held() -> None:
         # Events held for alignment are released even when no new batch arrives.
