@@ -130,8 +130,11 @@ async def first_offsets(
     only a record the broker returns proves offsets before it absent. Partitions the probe
     could not read in ``timeout`` (or that end in offsets without records) are left out."""
     servers, security = _connection(consumer)
+    # aiokafka asserts its own TopicPartition type; Faust's TP (a partition from its
+    # assignment) compares and hashes equal, so the caller's keys still find the results.
+    wanted = {TopicPartition(tp.topic, tp.partition): offset for tp, offset in wanted.items()}
     return await asyncio.get_running_loop().run_in_executor(
-        None, lambda: asyncio.run(_first_offsets(servers, dict(wanted), timeout, security))
+        None, lambda: asyncio.run(_first_offsets(servers, wanted, timeout, security))
     )
 
 

@@ -274,8 +274,11 @@ class InputFeed:
         consumer = self.app.consumer._thread._ensure_consumer()
         try:
             first = await first_offsets(consumer, rewind)
-        except Exception as exc:  # broker unreachable: seek anyway, the probe is retried later
-            log.warning("offset probe failed (%s); reading again from the expected offsets", exc)
+        except (Exception, asyncio.CancelledError) as exc:
+            # Broker unreachable (a failing probe's client can end cancelled): seek anyway.
+            if isinstance(exc, asyncio.CancelledError) and not cancelled_from_outside():
+                raise
+            log.warning("offset probe failed (%r); reading again from the expected offsets", exc)
             first = {}
         now = time.monotonic()
         for tp, offset in list(rewind.items()):
