@@ -305,13 +305,10 @@ class InputFeed:
                 self._on_rewind(self._contract.get(tp.topic, CLOCK))
         self._last_delivery = now
         # Partitions revoked while the broker was asked are no longer this worker's to seek
-        # (aiokafka refuses a seek of an unassigned partition).
+        # (aiokafka refuses a seek of an unassigned partition). One assigned back meanwhile may
+        # be: it is fenced, so a seek past its committed offset is a gap read again from there.
         assigned = self.app.consumer.assignment()
-        rewind = {
-            tp: offset
-            for tp, offset in rewind.items()
-            if tp in assigned and not self.continuity.is_fenced(tp)
-        }
+        rewind = {tp: offset for tp, offset in rewind.items() if tp in assigned}
         if rewind:
             await _seek(self.app.consumer, rewind)
 
