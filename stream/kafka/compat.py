@@ -48,11 +48,12 @@ log = logging.getLogger(__name__)
 
 def cancelled_from_outside() -> bool:
     """Whether the ``CancelledError`` being handled cancelled an operation the current task
-    awaited, not the task itself: aiokafka cancels a seek's pending position wait when a
-    rebalance replaces the assignment. Faust ends a timer for good when its body raises
-    ``CancelledError`` while the app runs (seen: the lost-tail timer gone after a broker freeze,
-    and a partition's events held for alignment ever after), so such a cancellation is only a
-    seek that did not happen; one of the task itself (the worker stopping) must propagate."""
+    awaited (a Kafka client stopping with requests in flight, a probe's client that failed),
+    not the task itself. Faust ends a timer for good when its body raises ``CancelledError``
+    while the app runs (seen: the lost-tail timer gone after a broker freeze, when its probe's
+    client ended cancelled, and a partition's events held for alignment ever after), so such a
+    cancellation is only a repair that did not happen this time; one of the task itself (the
+    worker stopping) must propagate."""
     task = asyncio.current_task()
     return task is not None and not task.cancelling()
 

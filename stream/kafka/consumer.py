@@ -81,14 +81,14 @@ def _forget_offsets(consumer: Any, tp: TP, end: int | None) -> None:
 
 
 async def _seek(consumer: Any, offsets: Mapping[TP, int]) -> None:
-    """Seek and wait; a rebalance cancelling the wait leaves the partitions to the next check
+    """Seek and wait; the wait cancelled from outside leaves the partitions to the next check
     (``reread_lost_tails``, the next batch's gap), not an error."""
     try:
         await consumer.seek_wait(offsets)
     except asyncio.CancelledError:
         if not cancelled_from_outside():
             raise
-        log.info("seeking %s was cancelled by a rebalance; checked again later", sorted(offsets))
+        log.info("seeking %s was cancelled; checked again later", sorted(offsets))
 
 
 class InputFeed:

@@ -34,9 +34,9 @@ STALLED_ALIGNMENT_S = 30.0
 
 
 def survives_cancellation(fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
-    """``fn``, except that an operation it awaits being cancelled from outside (a rebalance
-    cancels aiokafka's pending seeks) ends this tick only: Faust ends a timer for good when its
-    body raises ``CancelledError`` (``stream.kafka.compat.cancelled_from_outside``)."""
+    """``fn``, except that an operation it awaits being cancelled from outside ends this tick
+    only: Faust ends a timer for good when its body raises ``CancelledError``
+    (``stream.kafka.compat.cancelled_from_outside``)."""
 
     @functools.wraps(fn)
     async def tick() -> None:

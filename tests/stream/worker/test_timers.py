@@ -10,7 +10,7 @@ from stream.worker.timers import survives_cancellation
 
 
 def test_a_tick_whose_awaited_operation_is_cancelled_ends_quietly() -> None:
-    # As aiokafka does to a pending seek when a rebalance replaces the assignment.
+    # As when a Kafka client awaited by the timer ends cancelled.
     ticks: list[str] = []
 
     async def body() -> None:
