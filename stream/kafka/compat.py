@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -35,7 +35,7 @@ from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 __all__ = [
-    "cancelled_from_outside",
+    "ends_if_cancelled_from_outside",
     "first_offsets",
     "input_transactions",
     "install",
@@ -46,16 +46,22 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def cancelled_from_outside() -> bool:
-    """Whether the ``CancelledError`` being handled cancelled an operation the current task
-    awaited (a Kafka client stopping with requests in flight, a probe's client that failed),
-    not the task itself. Faust ends a timer for good when its body raises ``CancelledError``
-    while the app runs (seen: the lost-tail timer gone after a broker freeze, when its probe's
-    client ended cancelled, and a partition's events held for alignment ever after), so such a
-    cancellation is only a repair that did not happen this time; one of the task itself (the
-    worker stopping) must propagate."""
-    task = asyncio.current_task()
-    return task is not None and not task.cancelling()
+@contextlib.contextmanager
+def ends_if_cancelled_from_outside(what: str) -> Iterator[None]:
+    """Run the block; if something it awaits is cancelled, not the current task itself (a
+    Kafka client stopping with requests in flight, a probe's client that failed), the block
+    just ends, with an info line naming ``what``. Faust ends a timer for good when its body
+    raises ``CancelledError`` while the app runs (seen: the lost-tail timer gone after a broker
+    freeze, when its probe's client ended cancelled, and a partition's events held for
+    alignment ever after), so such a cancellation is only a repair that did not happen this
+    time; a cancellation of the task itself (the worker stopping) propagates."""
+    try:
+        yield
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise
+        log.info("%s was cancelled; it is tried again later", what)
 
 
 async def true_end_offsets(

@@ -19,7 +19,6 @@ Faust or aiokafka upgrade means reading this module (and ``compat``), not the wo
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -32,7 +31,7 @@ from faust.streams import _current_event
 from faust.types import TP, EventT
 
 from stream.contract.topics import CLOCK, INPUT_TOPICS
-from stream.kafka.compat import cancelled_from_outside, first_offsets
+from stream.kafka.compat import ends_if_cancelled_from_outside, first_offsets
 from stream.kafka.offsets import OffsetContinuity, Verdict, check_log_end
 from stream.kafka.positions import PartitionPositions
 from stream.pipeline.records import InputRecord
@@ -83,12 +82,8 @@ def _forget_offsets(consumer: Any, tp: TP, end: int | None) -> None:
 async def _seek(consumer: Any, offsets: Mapping[TP, int]) -> None:
     """Seek and wait; the wait cancelled from outside leaves the partitions to the next check
     (``reread_lost_tails``, the next batch's gap), not an error."""
-    try:
+    with ends_if_cancelled_from_outside(f"seeking {sorted(offsets)}"):
         await consumer.seek_wait(offsets)
-    except asyncio.CancelledError:
-        if not cancelled_from_outside():
-            raise
-        log.info("seeking %s was cancelled; checked again later", sorted(offsets))
 
 
 class InputFeed:
@@ -130,13 +125,15 @@ class InputFeed:
         committed_offsets = self.app.consumer._committed_offset
         fetched: dict[TP, float] = {}  # one fetch-state lookup per partition and batch
         fenced = 0
+        # Where a fenced partition restarts without a commit: looked up only while one is.
+        restart = self.positions.restart_without_commit if continuity.fencing else None
         for event in events:
             message = event.message
             # Every message is acked in offset order (``ack``), never by the stream
             # (``stream.kafka.intake``). A message that is not taken is never acked: its
             # in-order twin is.
             tp = message.tp
-            start = self.positions.restart_without_commit(tp) if continuity.is_fenced(tp) else None
+            start = restart(tp) if restart is not None and continuity.is_fenced(tp) else None
             verdict = continuity.check(
                 tp, message.offset, committed_offsets.get(tp), now=now, start=start
             )
@@ -272,14 +269,14 @@ class InputFeed:
         """Seek partitions back to offsets that were skipped before reaching the agent, after
         asking the broker which of them exist (a real gap is accepted, not re-read forever)."""
         consumer = self.app.consumer._thread._ensure_consumer()
-        try:
-            first = await first_offsets(consumer, rewind)
-        except (Exception, asyncio.CancelledError) as exc:
-            # Broker unreachable (a failing probe's client can end cancelled): seek anyway.
-            if isinstance(exc, asyncio.CancelledError) and not cancelled_from_outside():
-                raise
-            log.warning("offset probe failed (%r); reading again from the expected offsets", exc)
-            first = {}
+        first: dict[TP, int] = {}  # unknown: read again from the expected offsets
+        with ends_if_cancelled_from_outside("the offset probe"):
+            try:
+                first = await first_offsets(consumer, rewind)
+            except Exception as exc:  # broker unreachable: seek anyway, probed again later
+                log.warning(
+                    "offset probe failed (%s); reading again from the expected offsets", exc
+                )
         now = time.monotonic()
         for tp, offset in list(rewind.items()):
             found = first.get(tp)

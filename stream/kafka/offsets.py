@@ -182,6 +182,11 @@ class OffsetContinuity:
     def is_fenced(self, tp: Hashable) -> bool:
         return tp in self._fenced
 
+    @property
+    def fencing(self) -> bool:
+        """Whether any partition is fenced (a batch's messages need the check at all)."""
+        return bool(self._fenced)
+
     def forget(self, tps: Iterable[Hashable]) -> None:
         """Start ``tps`` afresh: their first message sets where they continue."""
         for tp in tps:

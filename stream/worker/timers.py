@@ -7,7 +7,6 @@ directory. Hooks: note where newly assigned partitions start, forget revoked one
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import time
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from faust.types import TP
 
 from stream.contract.partitioning import owner_partition
-from stream.kafka.compat import cancelled_from_outside
+from stream.kafka.compat import ends_if_cancelled_from_outside
 from stream.kafka.consumer import LOST_TAIL_QUIET_S, STUCK_PARTITION_S
 from stream.kafka.offsets import LogReset
 from stream.worker.model_swap import swap_models
@@ -36,18 +35,12 @@ STALLED_ALIGNMENT_S = 30.0
 def survives_cancellation(fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
     """``fn``, except that an operation it awaits being cancelled from outside ends this tick
     only: Faust ends a timer for good when its body raises ``CancelledError``
-    (``stream.kafka.compat.cancelled_from_outside``)."""
+    (``stream.kafka.compat.ends_if_cancelled_from_outside``)."""
 
     @functools.wraps(fn)
     async def tick() -> None:
-        try:
+        with ends_if_cancelled_from_outside(f"a tick of {fn.__name__}"):
             await fn()
-        except asyncio.CancelledError:
-            if not cancelled_from_outside():
-                raise
-            log.info(
-                "%s: what it awaited was cancelled; it runs again at its next tick", fn.__name__
-            )
 
     return tick
 
